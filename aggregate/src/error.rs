@@ -1,0 +1,41 @@
+//! The error type of the aggregate crate.
+
+use std::path::PathBuf;
+
+/// Errors of pricing and of the lake.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The price book could not be read or broke a rule.
+    #[error("price book {path}: {message}")]
+    PriceBook { path: String, message: String },
+    /// A file-system operation on the lake failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Arrow or Parquet encoding failed.
+    #[error("encoding {what}: {message}")]
+    Encode { what: &'static str, message: String },
+    /// A test fail point was reached: the writer stops as if the process had crashed there.
+    #[error("fail point {0:?} reached (simulated crash)")]
+    FailPoint(crate::lake::FailPoint),
+    /// The lake's commit state is not what this version can read.
+    #[error("commit state {}: {message}", path.display())]
+    State { path: PathBuf, message: String },
+}
+
+impl Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,18 @@
+//! Pricing, rollups and the exactly-once Parquet lake.
+//!
+//! - [`prices`]: the price book (TOML) and exact cost arithmetic — pure.
+//! - [`rollup`]: the hourly rollup fold — pure.
+//! - [`lake`]: the Parquet sink and the commit protocol that makes it exactly-once (see
+//!   ARCHITECTURE.md, "Delivery invariant") — the only I/O in this crate.
+//!
+//! Not here: Kafka (see `tokenmeter-ingest`) and queries (see `tokenmeter-query`).
+
+pub mod error;
+pub mod lake;
+pub mod prices;
+pub mod record;
+pub mod rollup;
+
+pub use error::{Error, Result};
+pub use prices::{Money, PriceBook, Rates};
+pub use record::PricedEvent;

@@ -1,0 +1,28 @@
+//! Queries over the tokenmeter lake with DataFusion: the catalog of committed files, read-only
+//! SQL, the billing reports (from raw events or hourly rollups, with identical results) and their
+//! output formats.
+//!
+//! - [`catalog`]: `usage_events`, `usage_hourly_parts` and the `usage_hourly` view over only the
+//!   committed Parquet files (via [`lake_store`]), partitioned by `date`.
+//! - [`sqlq`]: one read-only query at a time.
+//! - [`reports`]: cost by token type and agent share; SQL in `query/sql/`.
+//! - [`output`]: table, CSV, JSON and Parquet.
+//!
+//! Not here: writing the lake (see `tokenmeter-aggregate`), the CLI (the `tokenmeter` binary).
+
+pub mod catalog;
+pub mod error;
+pub mod lake_store;
+pub mod localtime;
+pub mod output;
+pub mod reports;
+pub mod sqlq;
+
+#[cfg(test)]
+mod testlake;
+
+pub use catalog::open_catalog;
+pub use error::{Error, Result};
+pub use output::{Format, cost_table_with_totals, write_batches};
+pub use reports::{Granularity, ReportParams, Source, agent_share_report, cost_report};
+pub use sqlq::run_sql;

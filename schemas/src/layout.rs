@@ -1,0 +1,114 @@
+//! The lake's on-disk layout: where the aggregator puts files, how they are named, and the
+//! per-partition commit state that says which of them are committed. Writer (`tokenmeter-aggregate`)
+//! and readers (`tokenmeter-query`) share this; it does no I/O.
+//!
+//! ```text
+//! DIR/events/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
+//! DIR/rollups/hourly/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
+//! DIR/_state/{topic}/p{partition}.json            commit state of one Kafka partition
+//! ```
+//! A data file is committed iff its `last` offset ≤ the `committed_through` offset of its
+//! partition's state. Readers must list only committed files (see ARCHITECTURE.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Directory of raw events under the lake root.
+pub const EVENTS_DIR: &str = "events";
+/// Directory of hourly rollups under the lake root.
+pub const ROLLUPS_DIR: &str = "rollups/hourly";
+/// Directory of commit states under the lake root.
+pub const STATE_DIR: &str = "_state";
+/// Suffix a file carries while it is being written.
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// The identity of a data file: which offsets of which Kafka partition it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub topic: String,
+    pub partition: i32,
+    /// First offset of the batch the file belongs to.
+    pub first: i64,
+    /// Last offset of the batch the file belongs to.
+    pub last: i64,
+}
+
+impl FileId {
+    /// The file name, `{topic}-p{partition}-{first:020}-{last:020}.parquet`.
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}-p{}-{:020}-{:020}.parquet",
+            self.topic, self.partition, self.first, self.last
+        )
+    }
+
+    /// Parse a file name made by [`FileId::file_name`]; `None` for anything else.
+    pub fn parse(name: &str) -> Option<FileId> {
+        let stem = name.strip_suffix(".parquet")?;
+        let mut parts = stem.rsplitn(4, '-');
+        let last = parts.next()?.parse().ok()?;
+        let first = parts.next()?.parse().ok()?;
+        let partition = parts.next()?.strip_prefix('p')?.parse().ok()?;
+        let topic = parts.next()?.to_string();
+        if topic.is_empty() {
+            return None;
+        }
+        Some(FileId {
+            topic,
+            partition,
+            first,
+            last,
+        })
+    }
+}
+
+/// Relative path of a partition's commit state.
+pub fn state_path(topic: &str, partition: i32) -> String {
+    format!("{STATE_DIR}/{topic}/p{partition}.json")
+}
+
+/// Relative directory of a date partition of a table (`EVENTS_DIR` or `ROLLUPS_DIR`).
+pub fn date_dir(table_dir: &str, date: chrono::NaiveDate) -> String {
+    format!("{table_dir}/date={}", date.format("%Y-%m-%d"))
+}
+
+/// A batch whose files are written and fsynced, recorded before they are renamed into place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingBatch {
+    pub first: i64,
+    pub last: i64,
+    /// Paths of the batch's final files, relative to the lake root.
+    pub files: Vec<String>,
+}
+
+/// The commit state of one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionState {
+    pub version: u32,
+    pub topic: String,
+    pub partition: i32,
+    /// Every offset up to and including this one is durably in the lake (or in the dead-letter
+    /// topic); -1 when nothing is.
+    pub committed_through: i64,
+    /// A batch between its intent record and its commit: recovery rolls it forward.
+    pub pending: Option<PendingBatch>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_with_dashes_in_topic() {
+        let id = FileId {
+            topic: "usage.events-eu-1".into(),
+            partition: 7,
+            first: 0,
+            last: 123,
+        };
+        assert_eq!(FileId::parse(&id.file_name()), Some(id));
+        assert_eq!(FileId::parse("x.parquet"), None);
+        assert_eq!(FileId::parse("-p1-1-2.parquet"), None);
+    }
+}

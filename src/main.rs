@@ -1,0 +1,415 @@
+//! The `tokenmeter` command line: the aggregator service, the gateways' tools (generate,
+//! produce), the reports and analyst SQL over the lake, and the one-command demo.
+//!
+//! This file parses arguments and wires the library crates together; the work is done in
+//! `tokenmeter-ingest`, `tokenmeter-aggregate` and `tokenmeter-query`.
+
+mod demo;
+
+use anyhow::{Context, Result, bail};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tokenmeter_aggregate::PriceBook;
+use tokenmeter_ingest::generate::{GenConfig, Generator, Truth};
+use tokenmeter_ingest::{AggregatorConfig, Metrics};
+use tokenmeter_query::{Format, Granularity, ReportParams, Source};
+
+/// Exact token metering and billing analytics for LLM agent platforms.
+#[derive(Parser)]
+#[command(name = "tokenmeter", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on an in-process Kafka mock cluster: generate, aggregate, report.
+    Demo(demo::DemoArgs),
+    /// Consume usage events from Kafka into the exactly-once Parquet lake.
+    Aggregate(AggregateArgs),
+    /// Generate deterministic, realistic usage events (to a JSON-lines file or to Kafka).
+    Generate(GenerateArgs),
+    /// Produce a JSON-lines file of events to Kafka, keyed by tenant, with an idempotent producer.
+    Produce(ProduceArgs),
+    /// Reports over the lake.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Run read-only SQL over the lake's tables (usage_events, usage_hourly).
+    Sql(SqlArgs),
+}
+
+#[derive(Args)]
+struct AggregateArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT].
+    #[arg(long, env = "TOKENMETER_BROKERS")]
+    brokers: String,
+    /// Root directory of the Parquet lake.
+    #[arg(long, env = "TOKENMETER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Price book (TOML).
+    #[arg(long, env = "TOKENMETER_PRICES")]
+    prices: PathBuf,
+    #[arg(long, default_value = "usage.events", env = "TOKENMETER_TOPIC")]
+    topic: String,
+    #[arg(long, default_value = "usage.events.dlq", env = "TOKENMETER_DLQ_TOPIC")]
+    dlq_topic: String,
+    #[arg(long, default_value = "tokenmeter", env = "TOKENMETER_GROUP")]
+    group: String,
+    /// Once every assigned partition is at its end and nothing arrived for SECONDS, flush and exit 0.
+    #[arg(long, value_name = "SECONDS")]
+    exit_when_idle: Option<f64>,
+    /// Flush a partition's batch at this many messages.
+    #[arg(long, default_value_t = 250_000, env = "TOKENMETER_FLUSH_MAX_MESSAGES")]
+    flush_max_messages: usize,
+    /// Flush a partition's batch when its first message is this many seconds old.
+    #[arg(long, default_value_t = 10.0, env = "TOKENMETER_FLUSH_INTERVAL")]
+    flush_interval: f64,
+    /// How far (seconds) an event's time may be ahead of this machine's clock.
+    #[arg(long, default_value_t = 300, env = "TOKENMETER_MAX_FUTURE_SKEW")]
+    max_future_skew: i64,
+    /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. -X security.protocol=ssl.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
+    kafka: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    #[arg(long, default_value_t = 50)]
+    tenants: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Fraction of deliberately invalid messages, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    invalid_fraction: f64,
+    /// First day of the time window (UTC).
+    #[arg(long, default_value = "2026-10-01")]
+    start: NaiveDate,
+    /// Days in the time window.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Write JSON lines here.
+    #[arg(long, conflicts_with = "brokers", required_unless_present = "brokers")]
+    output: Option<PathBuf>,
+    /// Or produce to Kafka at these brokers.
+    #[arg(long, requires = "topic")]
+    brokers: Option<String>,
+    #[arg(long)]
+    topic: Option<String>,
+    /// Write the expected totals per tenant and bucket here (JSON).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Price the truth's costs with this book.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long, default_value = "usage.events")]
+    topic: String,
+    /// JSON-lines file, one event per line.
+    file: PathBuf,
+    /// Extra librdkafka setting KEY=VALUE (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
+    kafka: Vec<(String, String)>,
+}
+
+#[derive(Args, Clone)]
+struct ReportArgs {
+    #[arg(long, env = "TOKENMETER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// First day, inclusive (YYYY-MM-DD, in --tz).
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last day, exclusive (YYYY-MM-DD, in --tz).
+    #[arg(long)]
+    to: NaiveDate,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// IANA time zone of the day boundaries, e.g. Asia/Shanghai.
+    #[arg(long, default_value = "UTC")]
+    tz: chrono_tz::Tz,
+    /// Compute from the hourly rollups or the raw events (auto: rollups when the zone allows).
+    #[arg(long, value_enum, default_value_t = SourceArg::Auto)]
+    source: SourceArg,
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Tokens and cost per tenant, provider, model and token type.
+    Cost(ReportArgs),
+    /// Share of tokens and cost that went to agent workloads, per tenant and period.
+    AgentShare {
+        #[command(flatten)]
+        args: ReportArgs,
+        #[arg(long, value_enum, default_value_t = GranularityArg::Day)]
+        granularity: GranularityArg,
+    },
+}
+
+#[derive(Args)]
+struct SqlArgs {
+    #[arg(long, env = "TOKENMETER_DATA_DIR")]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// The query (SELECT / WITH / EXPLAIN only).
+    query: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SourceArg {
+    Auto,
+    Raw,
+    Rollups,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GranularityArg {
+    Day,
+    Week,
+    Month,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Csv => Format::Csv,
+            FormatArg::Json => Format::Json,
+            FormatArg::Parquet => Format::Parquet,
+        }
+    }
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Demo(_)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter =
+        EnvFilter::try_from_env("TOKENMETER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo::run(a).await,
+        Command::Aggregate(a) => aggregate(a).await,
+        Command::Generate(a) => generate(a).await,
+        Command::Produce(a) => {
+            let messages = tokenmeter_ingest::produce::read_jsonl(&a.file)?;
+            let n = messages.len();
+            let sent = AtomicU64::new(0);
+            let delivered = tokenmeter_ingest::produce::produce_all(
+                &a.brokers, &a.topic, &a.kafka, messages, &sent,
+            )
+            .await?;
+            eprintln!("produced {delivered} of {n} messages to {}", a.topic);
+            Ok(())
+        }
+        Command::Report(ReportCommand::Cost(a)) => {
+            let ctx = tokenmeter_query::open_catalog(&a.data_dir).await?;
+            let batches = tokenmeter_query::cost_report(&ctx, &report_params(&a)?).await?;
+            let batches = if matches!(a.format, FormatArg::Table) {
+                tokenmeter_query::cost_table_with_totals(&batches)?
+            } else {
+                batches
+            };
+            tokenmeter_query::write_batches(&batches, a.format.into(), a.output.as_deref())?;
+            Ok(())
+        }
+        Command::Report(ReportCommand::AgentShare { args, granularity }) => {
+            let ctx = tokenmeter_query::open_catalog(&args.data_dir).await?;
+            let g = match granularity {
+                GranularityArg::Day => Granularity::Day,
+                GranularityArg::Week => Granularity::Week,
+                GranularityArg::Month => Granularity::Month,
+            };
+            let batches =
+                tokenmeter_query::agent_share_report(&ctx, &report_params(&args)?, g).await?;
+            tokenmeter_query::write_batches(&batches, args.format.into(), args.output.as_deref())?;
+            Ok(())
+        }
+        Command::Sql(a) => {
+            let ctx = tokenmeter_query::open_catalog(&a.data_dir).await?;
+            let batches = tokenmeter_query::run_sql(&ctx, &a.query).await?;
+            tokenmeter_query::write_batches(&batches, a.format.into(), a.output.as_deref())?;
+            Ok(())
+        }
+    }
+}
+
+fn report_params(a: &ReportArgs) -> Result<ReportParams> {
+    if a.to <= a.from {
+        bail!(
+            "--to ({}) must be after --from ({}): --to is exclusive",
+            a.to,
+            a.from
+        );
+    }
+    if matches!(a.format, FormatArg::Parquet) && a.output.is_none() {
+        bail!("--format parquet writes a file: add --output FILE.parquet");
+    }
+    Ok(ReportParams {
+        from: a.from,
+        to: a.to,
+        tenant: a.tenant.clone(),
+        tz: a.tz,
+        source: match a.source {
+            SourceArg::Auto => Source::Auto,
+            SourceArg::Raw => Source::Raw,
+            SourceArg::Rollups => Source::Rollups,
+        },
+    })
+}
+
+fn load_prices(path: &Path) -> Result<PriceBook> {
+    PriceBook::load(path)
+        .with_context(|| "loading the price book (see schemas/prices.example.toml for the format)")
+}
+
+async fn aggregate(a: AggregateArgs) -> Result<()> {
+    let book = load_prices(&a.prices)?;
+    let mut cfg = AggregatorConfig::new(a.brokers, a.data_dir);
+    cfg.topic = a.topic;
+    cfg.dlq_topic = a.dlq_topic;
+    cfg.group = a.group;
+    cfg.exit_when_idle = a.exit_when_idle.map(Duration::from_secs_f64);
+    cfg.flush_max_messages = a.flush_max_messages.max(1);
+    cfg.flush_interval = Duration::from_secs_f64(a.flush_interval);
+    cfg.decode.max_future_skew = chrono::Duration::seconds(a.max_future_skew);
+    cfg.kafka_extra = a.kafka;
+    // Test hook: crash (exit 86 without cleanup) at a point of the commit protocol.
+    if let Ok(fp) = std::env::var("TOKENMETER_FAILPOINT") {
+        cfg.lake.fail_point =
+            Some(tokenmeter_ingest::aggregator::parse_fail_point(&fp).map_err(anyhow::Error::msg)?);
+    }
+    let metrics = Arc::new(Metrics::default());
+    match tokenmeter_ingest::run_aggregator(cfg, book, metrics, shutdown_signal()).await {
+        Ok(s) => {
+            tracing::info!(
+                committed_events = s.committed_events,
+                dead_lettered = s.dead_lettered,
+                batches = s.batches,
+                seconds = s.elapsed.as_secs_f64(),
+                "aggregator stopped cleanly"
+            );
+            Ok(())
+        }
+        Err(tokenmeter_ingest::Error::Aggregate(tokenmeter_aggregate::Error::FailPoint(p))) => {
+            eprintln!("fail point {p:?} reached: exiting as if crashed");
+            std::process::exit(86);
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn generate(a: GenerateArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.invalid_fraction) {
+        bail!(
+            "--invalid-fraction must be between 0 and 1, got {}",
+            a.invalid_fraction
+        );
+    }
+    let cfg = GenConfig {
+        events: a.events,
+        tenants: a.tenants.max(1),
+        seed: a.seed,
+        invalid_fraction: a.invalid_fraction,
+        start: a.start.and_hms_opt(0, 0, 0).expect("midnight").and_utc(),
+        days: a.days.max(1),
+    };
+    let book = a.prices.as_deref().map(load_prices).transpose()?;
+    let mut truth = Truth::default();
+    let messages: Vec<_> = Generator::new(cfg)
+        .inspect(|m| truth.add(m, book.as_ref()))
+        .map(|m| (m.key, m.payload))
+        .collect();
+    if let Some(path) = &a.output {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for (_, p) in &messages {
+            w.write_all(p)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        eprintln!(
+            "wrote {} messages ({} invalid) to {}",
+            truth.messages,
+            truth.invalid,
+            path.display()
+        );
+    } else if let (Some(brokers), Some(topic)) = (&a.brokers, &a.topic) {
+        let sent = AtomicU64::new(0);
+        let n =
+            tokenmeter_ingest::produce::produce_all(brokers, topic, &[], messages, &sent).await?;
+        eprintln!(
+            "produced {n} messages ({} invalid) to {topic}",
+            truth.invalid
+        );
+    }
+    if let Some(path) = &a.truth {
+        std::fs::write(path, serde_json::to_vec_pretty(&truth)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

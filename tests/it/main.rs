@@ -1,0 +1,16 @@
+//! The one integration-test binary of tokenmeter: a module per area.
+//!
+//! - `contract`: the Rust validator and the JSON Schema agree on the example corpus.
+//! - `lake`: the commit protocol survives a crash at every step, with nothing lost or doubled.
+//! - `pipeline`: generator → Kafka (librdkafka's mock cluster) → aggregator → lake, checked
+//!   against totals computed independently from the generated JSON; restart after a crash.
+//! - `reports`: reports from rollups equal reports from raw events.
+//!
+//! `support` holds the independent oracle (cost computed with rust_decimal from the TOML).
+
+mod cli;
+mod contract;
+mod lake;
+mod pipeline;
+mod reports;
+mod support;
