@@ -123,7 +123,18 @@ struct Ctx {
     shared: Arc<Mutex<Assignment>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // librdkafka reports partition ends as "global errors"; they are how idle is seen.
+            KafkaError::PartitionEOF(_)
+            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                debug!(reason, "partition end")
+            }
+            e => warn!(error = %e, reason, "kafka client error; librdkafka retries by itself"),
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(
@@ -204,7 +215,8 @@ pub async fn run_aggregator(
     cc.set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // Never skip silently: a resume offset the broker no longer has is an error.
+        .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "true")
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
@@ -252,6 +264,15 @@ pub async fn run_aggregator(
                 if let Some(s) = parts.get_mut(&p) {
                     s.at_eof = true;
                 }
+            }
+            Ok(Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::AutoOffsetReset,
+            ))) => {
+                return Err(Error::Config(format!(
+                    "a partition of {} no longer holds the offset after the lake's last commit: the broker deleted messages (retention) before they were aggregated. Those events are lost to billing unless the gateways can resend them; see the librdkafka warning above for the partition and offsets. To accept the loss and go on from the oldest message the broker still has, move that partition's state file in {}/_state aside only after recording the gap.",
+                    cfg.topic,
+                    cfg.data_dir.display()
+                )));
             }
             Ok(Err(e)) => warn!(error = %e, "kafka error; the client retries by itself"),
             Err(_) => {} // tick

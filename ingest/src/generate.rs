@@ -389,7 +389,7 @@ impl Iterator for Generator {
         // Agent runs take a rising share of tokens over the window.
         let frac =
             (time - self.cfg.start).num_seconds() as f64 / (self.cfg.days.max(1) as f64 * 86_400.0);
-        if self.rng.random::<f64>() < 0.0012 + 0.0030 * frac {
+        if self.rng.random::<f64>() < 0.0003 + 0.0012 * frac {
             self.start_run(i, tenant, time);
             let e = self.run.pop().expect("a run has steps");
             return Some(Message {
