@@ -54,7 +54,7 @@ fn bar(len: u64, msg: &'static str) -> ProgressBar {
 /// Remove a previous demo lake; refuse to touch a directory that holds anything else.
 fn prepare_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
-        let lake = ["events", "rollups", "_state"];
+        let lake = ["events", "rollups", "_state", "_staging"];
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let name = entry?.file_name();
             if !lake.contains(&name.to_string_lossy().as_ref()) {

@@ -1,18 +1,21 @@
 //! The Parquet lake and its exactly-once commit protocol (ARCHITECTURE.md, "Delivery invariant").
 //!
 //! A batch is a contiguous offset range `[first, last]` of one Kafka partition. Committing it:
-//! 1. write every file of the batch (raw events and rollups, one of each per UTC date) under a
-//!    temporary name beside its final name, and fsync it;
+//! 1. write every file of the batch (raw events and rollups, one of each per UTC date) into the
+//!    partition's staging directory `_staging/{topic}/p{N}/` (outside the table directories, so
+//!    no reader that lists them can see it), and fsync it;
 //! 2. record the batch as `pending` in the partition's state file (write temp, fsync, rename,
 //!    fsync the directory) — the intent;
-//! 3. rename each temporary file to its final name and fsync its directory;
+//! 3. rename each staged file to its final name and fsync its directory;
 //! 4. record `committed_through = last`, `pending = none` in the state file — the commit.
 //!
 //! Recovery ([`Lake::recover`]) runs before a partition is consumed: a pending batch is rolled
 //! forward (its files were all fsynced before the intent, so each exists under one name or the
-//! other), and every file of the partition not covered by the state — temporary files of a batch
-//! that never reached its intent — is deleted. Consumption resumes at `committed_through + 1`, so
-//! a committed batch is never written again and an uncommitted one leaves nothing behind.
+//! other), then the partition's staging directory — files of a batch that never reached its
+//! intent — is emptied. Consumption resumes at `committed_through + 1`, so a committed batch is
+//! never written again and an uncommitted one leaves nothing behind. Recovery touches only the
+//! state file, the pending batch's files and the staging directory: its cost does not grow with
+//! the lake.
 //!
 //! Not here: Kafka (the caller supplies offsets) and fencing between processes.
 
@@ -110,6 +113,23 @@ fn tmp_of(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Move a staged file to its final name (same file system: an atomic rename).
+fn publish(staged: &Path, fin: &Path) -> Result<()> {
+    let dir = fin.parent().expect("file has a parent");
+    fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+    fs::rename(staged, fin).map_err(Error::io("rename", fin))
+}
+
+/// The staging directory of one partition.
+fn staging_dir(root: &Path, topic: &str, partition: i32) -> PathBuf {
+    root.join(layout::staging_path(topic, partition))
+}
+
+/// Where the final file at `rel` (relative to the root) is staged.
+fn staged(root: &Path, topic: &str, partition: i32, rel: &str) -> PathBuf {
+    tmp_of(&staging_dir(root, topic, partition).join(rel))
+}
+
 impl Lake {
     /// Open (creating if needed) the lake at `root`.
     pub fn open(root: impl Into<PathBuf>, opts: LakeOptions) -> Result<Self> {
@@ -187,15 +207,15 @@ impl Lake {
         if let Some(p) = state.pending.take() {
             for rel in &p.files {
                 let fin = self.root.join(rel);
-                let tmp = tmp_of(&fin);
+                let tmp = staged(&self.root, topic, partition, rel);
                 if tmp.exists() {
-                    fs::rename(&tmp, &fin).map_err(Error::io("rename", &fin))?;
+                    publish(&tmp, &fin)?;
                     fsync_dir(fin.parent().expect("file has a parent"))?;
                 } else if !fin.exists() {
                     return Err(Error::State {
                         path: self.state_file(topic, partition),
                         message: format!(
-                            "pending batch {}..={} names {rel}, which is neither at its final nor its temporary name; the lake was modified by hand",
+                            "pending batch {}..={} names {rel}, which is neither at its final nor its staged name; the lake was modified by hand",
                             p.first, p.last
                         ),
                     });
@@ -211,33 +231,11 @@ impl Lake {
             state.committed_through = p.last;
             self.write_state(&state)?;
         }
-        // Delete what the state does not cover: temporary files, and (defensively) final files
-        // past the committed offset.
-        for table in [EVENTS_DIR, ROLLUPS_DIR] {
-            let dir = self.root.join(table);
-            let Ok(dates) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for date in dates.flatten() {
-                let Ok(files) = fs::read_dir(date.path()) else {
-                    continue;
-                };
-                for f in files.flatten() {
-                    let name = f.file_name().to_string_lossy().into_owned();
-                    let (id, tmp) = match name.strip_suffix(TMP_SUFFIX) {
-                        Some(n) => (FileId::parse(n), true),
-                        None => (FileId::parse(&name), false),
-                    };
-                    let Some(id) = id else { continue };
-                    if id.topic != topic || id.partition != partition {
-                        continue;
-                    }
-                    if tmp || id.last > state.committed_through {
-                        tracing::warn!(file = %f.path().display(), "deleting an uncommitted file");
-                        fs::remove_file(f.path()).map_err(Error::io("delete", f.path()))?;
-                    }
-                }
-            }
+        // Whatever is still staged belongs to a batch that never reached its intent.
+        let staging = staging_dir(&self.root, topic, partition);
+        if staging.exists() {
+            tracing::info!(dir = %staging.display(), "deleting the staged files of an uncommitted batch");
+            fs::remove_dir_all(&staging).map_err(Error::io("delete", &staging))?;
         }
         Ok(state.committed_through + 1)
     }
@@ -249,11 +247,11 @@ impl Lake {
         }
     }
 
-    fn write_parquet(&self, path: &Path, batch: &arrow::array::RecordBatch) -> Result<u64> {
-        let dir = path.parent().expect("file has a parent");
+    /// Write `batch` as Parquet at `tmp` and fsync it.
+    fn write_parquet(&self, tmp: &Path, batch: &arrow::array::RecordBatch) -> Result<u64> {
+        let dir = tmp.parent().expect("file has a parent");
         fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
-        let tmp = tmp_of(path);
-        let file = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+        let file = File::create(tmp).map_err(Error::io("create", tmp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(self.opts.zstd_level).unwrap_or_default(),
@@ -268,7 +266,7 @@ impl Lake {
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(enc)?;
         w.write(batch).map_err(enc)?;
         let file = w.into_inner().map_err(enc)?;
-        file.sync_all().map_err(Error::io("fsync", &tmp))?;
+        file.sync_all().map_err(Error::io("fsync", tmp))?;
         Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
     }
 
@@ -314,14 +312,15 @@ impl Lake {
         };
         for (date, evs) in &by_date {
             let rel = format!("{}/{name}", layout::date_dir(EVENTS_DIR, *date));
-            report.bytes +=
-                self.write_parquet(&self.root.join(&rel), &events_batch(topic, evs)?)?;
+            let tmp = staged(&self.root, topic, partition, &rel);
+            report.bytes += self.write_parquet(&tmp, &events_batch(topic, evs)?)?;
             report.files.push(rel);
             let rows = fold(evs.iter().copied());
             let rows: Vec<_> = rows.iter().collect();
             report.rollup_rows += rows.len();
             let rel = format!("{}/{name}", layout::date_dir(ROLLUPS_DIR, *date));
-            report.bytes += self.write_parquet(&self.root.join(&rel), &rollup_batch(&rows)?)?;
+            let tmp = staged(&self.root, topic, partition, &rel);
+            report.bytes += self.write_parquet(&tmp, &rollup_batch(&rows)?)?;
             report.files.push(rel);
         }
         self.fail(FailPoint::BeforeIntent, n)?;
@@ -336,7 +335,7 @@ impl Lake {
         let mut dirs = std::collections::BTreeSet::new();
         for (i, rel) in report.files.iter().enumerate() {
             let fin = self.root.join(rel);
-            fs::rename(tmp_of(&fin), &fin).map_err(Error::io("rename", &fin))?;
+            publish(&staged(&self.root, topic, partition, rel), &fin)?;
             dirs.insert(fin.parent().expect("file has a parent").to_path_buf());
             if i == 0 {
                 self.fail(FailPoint::MidRename, n)?;

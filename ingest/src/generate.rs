@@ -481,3 +481,48 @@ impl Truth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenmeter_schemas::{DecodeOptions, decode_event};
+
+    #[test]
+    fn same_seed_same_bytes_and_every_valid_message_decodes() {
+        let cfg = GenConfig {
+            events: 5_000,
+            invalid_fraction: 0.05,
+            ..Default::default()
+        };
+        let a: Vec<_> = Generator::new(cfg.clone()).collect();
+        let b: Vec<_> = Generator::new(cfg).collect();
+        assert_eq!(
+            a.iter().map(|m| &m.payload).collect::<Vec<_>>(),
+            b.iter().map(|m| &m.payload).collect::<Vec<_>>()
+        );
+        let mut invalid = 0;
+        for m in &a {
+            let decoded = decode_event(&m.payload, &DecodeOptions::default());
+            match &m.event {
+                Some(e) => assert_eq!(&decoded.unwrap(), e),
+                None => {
+                    invalid += 1;
+                    assert!(decoded.is_err(), "{}", String::from_utf8_lossy(&m.payload));
+                }
+            }
+        }
+        assert!(
+            (150..350).contains(&invalid),
+            "{invalid} invalid of 5000 at 5%"
+        );
+        assert!(a.iter().any(|m| {
+            m.event
+                .as_ref()
+                .is_some_and(|e| e.data.usage.input_tokens > 50_000)
+        }));
+        assert!(
+            a.iter()
+                .any(|m| m.event.as_ref().is_some_and(UsageEvent::is_agent))
+        );
+    }
+}

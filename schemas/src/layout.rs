@@ -6,6 +6,7 @@
 //! DIR/events/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
 //! DIR/rollups/hourly/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
 //! DIR/_state/{topic}/p{partition}.json            commit state of one Kafka partition
+//! DIR/_staging/{topic}/p{partition}/…/*.parquet.tmp  files being written (never read)
 //! ```
 //! A data file is committed iff its `last` offset ≤ the `committed_through` offset of its
 //! partition's state. Readers must list only committed files (see ARCHITECTURE.md).
@@ -18,6 +19,8 @@ pub const EVENTS_DIR: &str = "events";
 pub const ROLLUPS_DIR: &str = "rollups/hourly";
 /// Directory of commit states under the lake root.
 pub const STATE_DIR: &str = "_state";
+/// Directory of files being written, under the lake root.
+pub const STAGING_DIR: &str = "_staging";
 /// Suffix a file carries while it is being written.
 pub const TMP_SUFFIX: &str = ".tmp";
 
@@ -64,6 +67,11 @@ impl FileId {
 /// Relative path of a partition's commit state.
 pub fn state_path(topic: &str, partition: i32) -> String {
     format!("{STATE_DIR}/{topic}/p{partition}.json")
+}
+
+/// Relative path of a partition's staging directory.
+pub fn staging_path(topic: &str, partition: i32) -> String {
+    format!("{STAGING_DIR}/{topic}/p{partition}")
 }
 
 /// Relative directory of a date partition of a table (`EVENTS_DIR` or `ROLLUPS_DIR`).

@@ -66,6 +66,14 @@ fn config(s: &Setup, dir: &std::path::Path) -> AggregatorConfig {
     cfg
 }
 
+/// A stuck aggregator (say, retrying a failing commit forever) fails the test instead of
+/// hanging CI.
+async fn within_limit<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(300), f)
+        .await
+        .expect("the aggregator did not finish within 300 s")
+}
+
 fn book() -> PriceBook {
     PriceBook::load(std::path::Path::new(PRICES)).unwrap()
 }
@@ -142,12 +150,12 @@ async fn every_event_lands_once_and_every_invalid_message_is_dead_lettered() {
     let s = setup(60_000, 0.01, 11).await;
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let summary = run_aggregator(
+    let summary = within_limit(run_aggregator(
         config(&s, dir.path()),
         book(),
         metrics,
         std::future::pending(),
-    )
+    ))
     .await
     .unwrap();
     let invalid: Vec<&GenMessage> = s.messages.iter().filter(|m| m.event.is_none()).collect();
@@ -188,12 +196,12 @@ async fn a_crash_between_lake_commit_and_kafka_commit_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&s, dir.path());
     cfg.lake.fail_point = Some((FailPoint::AfterCommit, 3));
-    let err = run_aggregator(
+    let err = within_limit(run_aggregator(
         cfg,
         book(),
         Arc::new(Metrics::default()),
         std::future::pending(),
-    )
+    ))
     .await
     .unwrap_err();
     assert!(err.to_string().contains("AfterCommit"), "{err}");
@@ -224,12 +232,12 @@ async fn a_crash_between_lake_commit_and_kafka_commit_replays_nothing() {
     drop(c);
 
     let metrics = Arc::new(Metrics::default());
-    run_aggregator(
+    within_limit(run_aggregator(
         config(&s, dir.path()),
         book(),
         metrics,
         std::future::pending(),
-    )
+    ))
     .await
     .unwrap();
     check_lake(dir.path(), &s.messages);

@@ -145,3 +145,69 @@ async fn rollup_reports_equal_raw_reports() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// Golden outputs: both reports over a lake holding the valid example corpus (every provider,
+/// agent and non-agent, the 10⁹-token maximum, a time offset that crosses a year in UTC, an
+/// unpriced model). A change to any figure or column shows up as a snapshot diff to review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_reports_over_the_example_corpus() {
+    let book = PriceBook::load(std::path::Path::new(PRICES)).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/valid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let opts = DecodeOptions {
+        now: Some(
+            chrono::DateTime::parse_from_rfc3339("2026-11-21T00:00:00Z")
+                .unwrap()
+                .to_utc(),
+        ),
+        ..Default::default()
+    };
+    let events: Vec<PricedEvent> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            PricedEvent::new(
+                decode_event(&std::fs::read(f).unwrap(), &opts).unwrap(),
+                &book,
+                0,
+                i as i64,
+            )
+        })
+        .collect();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(lake_dir.path(), LakeOptions::default()).unwrap();
+    lake.commit("usage.events", 0, 0, events.len() as i64 - 1, &events)
+        .unwrap();
+    let ctx = open_catalog(lake_dir.path()).await.unwrap();
+    let csv = |b: &[RecordBatch]| {
+        let mut out = Vec::new();
+        tokenmeter_query::output::write_to(b, tokenmeter_query::Format::Csv, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let p = ReportParams {
+        from: chrono::NaiveDate::from_ymd_opt(2025, 6, 1).unwrap(),
+        to: chrono::NaiveDate::from_ymd_opt(2026, 11, 2).unwrap(),
+        tenant: None,
+        tz: chrono_tz::UTC,
+        source: Source::Raw,
+    };
+    insta::assert_snapshot!(
+        "cost_report_corpus_utc",
+        csv(&cost_report(&ctx, &p).await.unwrap())
+    );
+    let p = ReportParams {
+        tz: chrono_tz::Asia::Shanghai,
+        source: Source::Rollups,
+        ..p
+    };
+    insta::assert_snapshot!(
+        "agent_share_corpus_shanghai_month",
+        csv(&agent_share_report(&ctx, &p, Granularity::Month)
+            .await
+            .unwrap())
+    );
+}
