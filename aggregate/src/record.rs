@@ -65,6 +65,20 @@ impl PricedEvent {
         }
     }
 
+    /// Reported counts in table order: input, output, cache_read_input, cache_creation_input,
+    /// reasoning_output.
+    pub fn reported(&self) -> [i64; 5] {
+        let u = &self.event.data.usage;
+        [
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens,
+            u.cache_creation_input_tokens,
+            u.reasoning_output_tokens,
+        ]
+        .map(|v| v as i64)
+    }
+
     /// Total cost, if priced.
     pub fn cost(&self) -> Option<Money> {
         self.price.as_ref().map(|p| p.costs.iter().sum())
@@ -84,6 +98,67 @@ fn encode_err(what: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Er
     }
 }
 
+/// The builders of the columns `tables::bucket_fields` defines, shared by both tables: reported
+/// counts, bucket tokens, bucket costs, total cost, currency.
+struct BucketColumns {
+    reported: [Int64Builder; 5],
+    tokens: [Int64Builder; 5],
+    costs: [Decimal128Builder; 5],
+    cost: Decimal128Builder,
+    currency: StringBuilder,
+}
+
+impl BucketColumns {
+    fn new(n: usize) -> Self {
+        Self {
+            reported: std::array::from_fn(|_| Int64Builder::with_capacity(n)),
+            tokens: std::array::from_fn(|_| Int64Builder::with_capacity(n)),
+            costs: std::array::from_fn(|_| decimal_builder(n)),
+            cost: decimal_builder(n),
+            currency: StringBuilder::with_capacity(n, n * 3),
+        }
+    }
+
+    /// One row; `priced` is `(costs, currency)`, or `None` for unpriced (null cost, never 0).
+    fn append(&mut self, reported: [i64; 5], tokens: [i64; 5], priced: Option<([Money; 5], &str)>) {
+        for (b, v) in self.reported.iter_mut().zip(reported) {
+            b.append_value(v);
+        }
+        for (b, v) in self.tokens.iter_mut().zip(tokens) {
+            b.append_value(v);
+        }
+        match priced {
+            Some((costs, currency)) => {
+                for (b, v) in self.costs.iter_mut().zip(costs) {
+                    b.append_value(v);
+                }
+                self.cost.append_value(costs.iter().sum());
+                self.currency.append_value(currency);
+            }
+            None => {
+                self.costs.iter_mut().for_each(|b| b.append_null());
+                self.cost.append_null();
+                self.currency.append_null();
+            }
+        }
+    }
+
+    fn finish_into(mut self, cols: &mut Vec<ArrayRef>) {
+        let mut push = |a: ArrayRef| cols.push(a);
+        self.reported
+            .iter_mut()
+            .for_each(|b| push(Arc::new(b.finish())));
+        self.tokens
+            .iter_mut()
+            .for_each(|b| push(Arc::new(b.finish())));
+        self.costs
+            .iter_mut()
+            .for_each(|b| push(Arc::new(b.finish())));
+        push(Arc::new(self.cost.finish()));
+        push(Arc::new(self.currency.finish()));
+    }
+}
+
 /// Build a raw-event record batch from events of one topic.
 pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch> {
     let n = events.len();
@@ -91,16 +166,12 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
     let (mut id, mut source, mut tenant, mut provider, mut model, mut operation) =
         (s(), s(), s(), s(), s(), s());
     let (mut agent_id, mut agent_name, mut agent_run, mut agent_step) = (s(), s(), s(), s());
-    let (mut channel, mut key, mut user, mut status, mut currency, mut ktopic) =
-        (s(), s(), s(), s(), s(), s());
+    let (mut channel, mut key, mut user, mut status, mut ktopic) = (s(), s(), s(), s(), s());
     let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut price_from = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut is_agent = BooleanBuilder::with_capacity(n);
     let mut latency = Int64Builder::with_capacity(n);
-    let mut reported: [Int64Builder; 5] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
-    let mut tokens: [Int64Builder; 5] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
-    let mut costs: [Decimal128Builder; 5] = std::array::from_fn(|_| decimal_builder(n));
-    let mut cost = decimal_builder(n);
+    let mut buckets = BucketColumns::new(n);
     let mut partition = Int32Builder::with_capacity(n);
     let mut offset = Int64Builder::with_capacity(n);
     for p in events {
@@ -124,35 +195,16 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
         user.append_option(d.user_id.as_deref());
         latency.append_option(d.latency_ms.map(|v| v.min(i64::MAX as u64) as i64));
         status.append_value(d.status.as_str());
-        let u = &d.usage;
-        for (b, v) in reported.iter_mut().zip([
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_input_tokens,
-            u.cache_creation_input_tokens,
-            u.reasoning_output_tokens,
-        ]) {
-            b.append_value(v as i64);
-        }
-        for (b, v) in tokens.iter_mut().zip(p.buckets.as_array()) {
-            b.append_value(v as i64);
-        }
-        match &p.price {
-            Some(a) => {
-                for (b, v) in costs.iter_mut().zip(a.costs) {
-                    b.append_value(v);
-                }
-                cost.append_value(a.costs.iter().sum());
-                currency.append_value(&a.currency);
-                price_from.append_value(a.effective_from.timestamp_micros());
-            }
-            None => {
-                costs.iter_mut().for_each(|b| b.append_null());
-                cost.append_null();
-                currency.append_null();
-                price_from.append_null();
-            }
-        }
+        buckets.append(
+            p.reported(),
+            p.buckets.as_array().map(|v| v as i64),
+            p.price.as_ref().map(|a| (a.costs, a.currency.as_str())),
+        );
+        price_from.append_option(
+            p.price
+                .as_ref()
+                .map(|a| a.effective_from.timestamp_micros()),
+        );
         ktopic.append_value(topic);
         partition.append_value(p.partition);
         offset.append_value(p.offset);
@@ -176,15 +228,7 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
         Arc::new(latency.finish()),
         Arc::new(status.finish()),
     ];
-    cols.extend(
-        reported
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef),
-    );
-    cols.extend(tokens.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    cols.extend(costs.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    cols.push(Arc::new(cost.finish()));
-    cols.push(Arc::new(currency.finish()));
+    buckets.finish_into(&mut cols);
     cols.push(Arc::new(price_from.finish()));
     cols.push(Arc::new(ktopic.finish()));
     cols.push(Arc::new(partition.finish()));
@@ -196,16 +240,12 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
 pub fn rollup_batch(rows: &[(&RollupKey, &RollupValue)]) -> Result<RecordBatch> {
     let n = rows.len();
     let s = || StringBuilder::with_capacity(n, n * 12);
-    let (mut tenant, mut provider, mut model, mut agent_id, mut currency) =
-        (s(), s(), s(), s(), s());
+    let (mut tenant, mut provider, mut model, mut agent_id) = (s(), s(), s(), s());
     let mut hour = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut is_agent = BooleanBuilder::with_capacity(n);
     let mut requests = Int64Builder::with_capacity(n);
     let mut errors = Int64Builder::with_capacity(n);
-    let mut reported: [Int64Builder; 5] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
-    let mut tokens: [Int64Builder; 5] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
-    let mut costs: [Decimal128Builder; 5] = std::array::from_fn(|_| decimal_builder(n));
-    let mut cost = decimal_builder(n);
+    let mut buckets = BucketColumns::new(n);
     for (k, v) in rows {
         hour.append_value(k.hour_micros);
         tenant.append_value(&k.tenant_id);
@@ -215,22 +255,11 @@ pub fn rollup_batch(rows: &[(&RollupKey, &RollupValue)]) -> Result<RecordBatch> 
         agent_id.append_option(k.agent_id.as_deref());
         requests.append_value(v.requests);
         errors.append_value(v.errors);
-        for (b, x) in reported.iter_mut().zip(v.reported) {
-            b.append_value(x);
-        }
-        for (b, x) in tokens.iter_mut().zip(v.tokens) {
-            b.append_value(x);
-        }
-        if k.currency.is_some() {
-            for (b, x) in costs.iter_mut().zip(v.costs) {
-                b.append_value(x);
-            }
-            cost.append_value(v.costs.iter().sum());
-        } else {
-            costs.iter_mut().for_each(|b| b.append_null());
-            cost.append_null();
-        }
-        currency.append_option(k.currency.as_deref());
+        buckets.append(
+            v.reported,
+            v.tokens,
+            k.currency.as_deref().map(|c| (v.costs, c)),
+        );
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(hour.finish()),
@@ -242,14 +271,6 @@ pub fn rollup_batch(rows: &[(&RollupKey, &RollupValue)]) -> Result<RecordBatch> 
         Arc::new(requests.finish()),
         Arc::new(errors.finish()),
     ];
-    cols.extend(
-        reported
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef),
-    );
-    cols.extend(tokens.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    cols.extend(costs.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    cols.push(Arc::new(cost.finish()));
-    cols.push(Arc::new(currency.finish()));
+    buckets.finish_into(&mut cols);
     RecordBatch::try_new(ROLLUP_SCHEMA.clone(), cols).map_err(encode_err("rollups"))
 }

@@ -55,7 +55,6 @@ pub fn hour_of(micros: i64) -> i64 {
 /// The rollup key and one-event value of `e`.
 pub fn key_value(e: &PricedEvent) -> (RollupKey, RollupValue) {
     let d = &e.event.data;
-    let u = &d.usage;
     let key = RollupKey {
         hour_micros: hour_of(e.time.timestamp_micros()),
         tenant_id: e.event.tenant_id.clone(),
@@ -67,14 +66,7 @@ pub fn key_value(e: &PricedEvent) -> (RollupKey, RollupValue) {
     let value = RollupValue {
         requests: 1,
         errors: i64::from(d.status == tokenmeter_schemas::Status::Error),
-        reported: [
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_input_tokens,
-            u.cache_creation_input_tokens,
-            u.reasoning_output_tokens,
-        ]
-        .map(|v| v as i64),
+        reported: e.reported(),
         tokens: e.buckets.as_array().map(|v| v as i64),
         costs: e.price.as_ref().map_or([0; 5], |p| p.costs),
     };

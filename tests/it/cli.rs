@@ -16,6 +16,16 @@ fn tokenmeter(args: &[&str]) -> std::process::Output {
         .expect("run tokenmeter")
 }
 
+/// The valid payloads a generator config yields, and their totals from the independent oracle.
+fn truth_of(cfg: GenConfig) -> (Vec<Vec<u8>>, BTreeMap<String, crate::support::Expected>) {
+    let valid: Vec<Vec<u8>> = Generator::new(cfg)
+        .filter(|m| m.event.is_some())
+        .map(|m| m.payload)
+        .collect();
+    let want = normalized(expected(&valid, &Book::load(PRICES)));
+    (valid, want)
+}
+
 fn ok(args: &[&str]) -> String {
     let out = tokenmeter(args);
     assert!(
@@ -50,17 +60,12 @@ fn demo_then_reports_in_every_format_match_the_truth() {
     );
 
     // The same traffic the demo generated (its documented defaults), totalled independently.
-    let cfg = GenConfig {
+    let (valid, want) = truth_of(GenConfig {
         events,
         tenants: 20,
         invalid_fraction: 0.005,
         ..Default::default()
-    };
-    let valid: Vec<Vec<u8>> = Generator::new(cfg)
-        .filter(|m| m.event.is_some())
-        .map(|m| m.payload)
-        .collect();
-    let want = normalized(expected(&valid, &Book::load(PRICES)));
+    });
 
     for source in ["raw", "rollups"] {
         let csv = ok(&[
@@ -183,4 +188,121 @@ fn demo_then_reports_in_every_format_match_the_truth() {
         n.lines().nth(1).unwrap(),
         format!("{},{}", valid.len(), valid.len())
     );
+}
+
+/// The gateways' commands and the aggregator as separate processes against one broker (the
+/// mock cluster, served on a loopback port by this test process): the aggregator is made to
+/// exit like a crash (code 86) right after a lake commit and before its Kafka offset commit,
+/// then restarted; the lake must hold every valid event once.
+#[test]
+fn aggregate_process_crash_after_lake_commit_then_restart() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    cluster.create_topic("usage.events", 3, 1).unwrap();
+    cluster.create_topic("usage.events.dlq", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("events.jsonl");
+    let truth = dir.path().join("truth.json");
+    let lake = dir.path().join("lake");
+    let (jsonl_s, truth_s, lake_s) = (
+        jsonl.to_str().unwrap(),
+        truth.to_str().unwrap(),
+        lake.to_str().unwrap(),
+    );
+    ok(&[
+        "generate",
+        "--events",
+        "20000",
+        "--seed",
+        "3",
+        "--invalid-fraction",
+        "0.01",
+        "--output",
+        jsonl_s,
+        "--truth",
+        truth_s,
+        "--prices",
+        PRICES,
+    ]);
+    ok(&[
+        "produce",
+        "--brokers",
+        &brokers,
+        "--topic",
+        "usage.events",
+        jsonl_s,
+    ]);
+
+    let aggregate = |failpoint: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tokenmeter"));
+        c.args([
+            "aggregate",
+            "--brokers",
+            &brokers,
+            "--data-dir",
+            lake_s,
+            "--prices",
+            PRICES,
+            "--exit-when-idle",
+            "1",
+            "--flush-max-messages",
+            "2500",
+        ]);
+        if let Some(f) = failpoint {
+            c.env("TOKENMETER_FAILPOINT", f);
+        }
+        c.output().unwrap()
+    };
+    let crashed = aggregate(Some("after_commit:2"));
+    assert_eq!(
+        crashed.status.code(),
+        Some(86),
+        "{}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let done = aggregate(None);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    let (valid, want) = truth_of(GenConfig {
+        events: 20_000,
+        seed: 3,
+        invalid_fraction: 0.01,
+        tenants: 50,
+        ..Default::default()
+    });
+    let (got, ids) =
+        crate::support::totals_of_events(&crate::support::read_parquet_dir(&lake.join("events")));
+    assert_eq!(ids.len(), valid.len());
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        ids.len(),
+        "an event id appears twice"
+    );
+    assert_eq!(got, want);
+
+    // The generator's own truth file agrees with the independent oracle.
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&truth).unwrap()).unwrap();
+    assert_eq!(t["valid"].as_u64().unwrap() as usize, valid.len());
+    for (tenant, e) in &want {
+        assert_eq!(
+            t["tenants"][tenant]["tokens"]["cache_read"]
+                .as_i64()
+                .unwrap(),
+            e.tokens[1],
+            "{tenant}"
+        );
+        assert_eq!(
+            Decimal::from_str(t["tenants"][tenant]["cost"].as_str().unwrap())
+                .unwrap()
+                .normalize(),
+            e.cost,
+            "{tenant}"
+        );
+    }
 }
