@@ -4,6 +4,7 @@
 //! This file parses arguments and wires the library crates together; the work is done in
 //! `tokenmeter-ingest`, `tokenmeter-aggregate` and `tokenmeter-query`.
 
+mod config;
 mod demo;
 
 use anyhow::{Context, Result, bail};
@@ -45,33 +46,40 @@ enum Command {
 
 #[derive(Args)]
 struct AggregateArgs {
+    /// Configuration file (TOML; see src/config.rs for the keys). Flags and TOKENMETER_*
+    /// variables override it.
+    #[arg(long, env = "TOKENMETER_CONFIG")]
+    config: Option<PathBuf>,
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT].
     #[arg(long, env = "TOKENMETER_BROKERS")]
-    brokers: String,
+    brokers: Option<String>,
     /// Root directory of the Parquet lake.
     #[arg(long, env = "TOKENMETER_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Price book (TOML).
     #[arg(long, env = "TOKENMETER_PRICES")]
-    prices: PathBuf,
-    #[arg(long, default_value = "usage.events", env = "TOKENMETER_TOPIC")]
-    topic: String,
-    #[arg(long, default_value = "usage.events.dlq", env = "TOKENMETER_DLQ_TOPIC")]
-    dlq_topic: String,
-    #[arg(long, default_value = "tokenmeter", env = "TOKENMETER_GROUP")]
-    group: String,
+    prices: Option<PathBuf>,
+    /// Topic of usage events [default: usage.events].
+    #[arg(long, env = "TOKENMETER_TOPIC")]
+    topic: Option<String>,
+    /// Dead-letter topic [default: usage.events.dlq].
+    #[arg(long, env = "TOKENMETER_DLQ_TOPIC")]
+    dlq_topic: Option<String>,
+    /// Consumer group [default: tokenmeter].
+    #[arg(long, env = "TOKENMETER_GROUP")]
+    group: Option<String>,
     /// Once every assigned partition is at its end and nothing arrived for SECONDS, flush and exit 0.
     #[arg(long, value_name = "SECONDS")]
     exit_when_idle: Option<f64>,
-    /// Flush a partition's batch at this many messages.
-    #[arg(long, default_value_t = 250_000, env = "TOKENMETER_FLUSH_MAX_MESSAGES")]
-    flush_max_messages: usize,
-    /// Flush a partition's batch when its first message is this many seconds old.
-    #[arg(long, default_value_t = 10.0, env = "TOKENMETER_FLUSH_INTERVAL")]
-    flush_interval: f64,
-    /// How far (seconds) an event's time may be ahead of this machine's clock.
-    #[arg(long, default_value_t = 300, env = "TOKENMETER_MAX_FUTURE_SKEW")]
-    max_future_skew: i64,
+    /// Flush a partition's batch at this many messages [default: 250000].
+    #[arg(long, env = "TOKENMETER_FLUSH_MAX_MESSAGES")]
+    flush_max_messages: Option<usize>,
+    /// Flush a partition's batch when its first message is this many seconds old [default: 10].
+    #[arg(long, env = "TOKENMETER_FLUSH_INTERVAL")]
+    flush_interval: Option<f64>,
+    /// How far (seconds) an event's time may be ahead of this machine's clock [default: 300].
+    #[arg(long, env = "TOKENMETER_MAX_FUTURE_SKEW")]
+    max_future_skew: Option<i64>,
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
     kafka: Vec<(String, String)>,
@@ -222,10 +230,24 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause only if the text so far does not already say it (many
+/// library errors repeat their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn init_tracing(quiet: bool) {
@@ -317,16 +339,53 @@ fn load_prices(path: &Path) -> Result<PriceBook> {
 }
 
 async fn aggregate(a: AggregateArgs) -> Result<()> {
-    let book = load_prices(&a.prices)?;
-    let mut cfg = AggregatorConfig::new(a.brokers, a.data_dir);
-    cfg.topic = a.topic;
-    cfg.dlq_topic = a.dlq_topic;
-    cfg.group = a.group;
+    let file = a
+        .config
+        .as_deref()
+        .map(config::AggregateFile::load)
+        .transpose()?
+        .unwrap_or_default();
+    let required = |flag: &str, key: &str, env: &str| {
+        anyhow::anyhow!(
+            "{flag} is required: pass it, set {env}, or put `{key} = …` in the --config file"
+        )
+    };
+    let brokers = a
+        .brokers
+        .or(file.brokers)
+        .ok_or_else(|| required("--brokers", "brokers", "TOKENMETER_BROKERS"))?;
+    let data_dir = a
+        .data_dir
+        .or(file.data_dir)
+        .ok_or_else(|| required("--data-dir", "data_dir", "TOKENMETER_DATA_DIR"))?;
+    let prices = a
+        .prices
+        .or(file.prices)
+        .ok_or_else(|| required("--prices", "prices", "TOKENMETER_PRICES"))?;
+    let book = load_prices(&prices)?;
+    let mut cfg = AggregatorConfig::new(brokers, data_dir);
+    if let Some(t) = a.topic.or(file.topic) {
+        cfg.topic = t;
+    }
+    if let Some(t) = a.dlq_topic.or(file.dlq_topic) {
+        cfg.dlq_topic = t;
+    }
+    if let Some(g) = a.group.or(file.group) {
+        cfg.group = g;
+    }
     cfg.exit_when_idle = a.exit_when_idle.map(Duration::from_secs_f64);
-    cfg.flush_max_messages = a.flush_max_messages.max(1);
-    cfg.flush_interval = Duration::from_secs_f64(a.flush_interval);
-    cfg.decode.max_future_skew = chrono::Duration::seconds(a.max_future_skew);
-    cfg.kafka_extra = a.kafka;
+    if let Some(n) = a.flush_max_messages.or(file.flush_max_messages) {
+        cfg.flush_max_messages = n.max(1);
+    }
+    if let Some(s) = a.flush_interval.or(file.flush_interval_secs) {
+        cfg.flush_interval = Duration::from_secs_f64(s.max(0.0));
+    }
+    if let Some(s) = a.max_future_skew.or(file.max_future_skew_secs) {
+        cfg.decode.max_future_skew = chrono::Duration::seconds(s);
+    }
+    let mut kafka = file.kafka;
+    kafka.extend(a.kafka);
+    cfg.kafka_extra = kafka.into_iter().collect();
     // Test hook: crash (exit 86 without cleanup) at a point of the commit protocol.
     if let Ok(fp) = std::env::var("TOKENMETER_FAILPOINT") {
         cfg.lake.fail_point =

@@ -235,21 +235,19 @@ fn aggregate_process_crash_after_lake_commit_then_restart() {
         jsonl_s,
     ]);
 
+    // Settings come from all three layers: a config file, the environment, and flags.
+    let config = dir.path().join("aggregate.toml");
+    std::fs::write(&config, format!("brokers = \"{brokers}\"\nprices = \"{PRICES}\"\nflush_max_messages = 2500\n[kafka]\n\"client.id\" = \"it\"\n")).unwrap();
     let aggregate = |failpoint: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tokenmeter"));
         c.args([
             "aggregate",
-            "--brokers",
-            &brokers,
-            "--data-dir",
-            lake_s,
-            "--prices",
-            PRICES,
+            "--config",
+            config.to_str().unwrap(),
             "--exit-when-idle",
             "1",
-            "--flush-max-messages",
-            "2500",
         ]);
+        c.env("TOKENMETER_DATA_DIR", lake_s);
         if let Some(f) = failpoint {
             c.env("TOKENMETER_FAILPOINT", f);
         }
@@ -263,6 +261,14 @@ fn aggregate_process_crash_after_lake_commit_then_restart() {
         String::from_utf8_lossy(&crashed.stderr)
     );
     let done = aggregate(None);
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "broker = \"x\"\n").unwrap();
+    let out = tokenmeter(&["aggregate", "--config", typo.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown field `broker`"),
+        "{err}"
+    );
     assert!(
         done.status.success(),
         "{}",

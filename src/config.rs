@@ -1,0 +1,53 @@
+//! The aggregator's configuration file: TOML, every key optional, unknown keys rejected. Layers,
+//! highest first: command-line flag, `TOKENMETER_*` environment variable, this file, built-in
+//! default. The doc comments below are the reference for each key.
+//!
+//! Not here: the library's own settings type (`tokenmeter_ingest::AggregatorConfig`), which this
+//! fills in.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `tokenmeter aggregate --config FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateFile {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub brokers: Option<String>,
+    /// Root directory of the Parquet lake.
+    pub data_dir: Option<PathBuf>,
+    /// Price book (TOML).
+    pub prices: Option<PathBuf>,
+    /// Topic of usage events (default `usage.events`).
+    pub topic: Option<String>,
+    /// Dead-letter topic (default `usage.events.dlq`).
+    pub dlq_topic: Option<String>,
+    /// Consumer group (default `tokenmeter`).
+    pub group: Option<String>,
+    /// Flush a partition's batch at this many messages (default 250000).
+    pub flush_max_messages: Option<usize>,
+    /// Flush a partition's batch when its first message is this many seconds old (default 10).
+    pub flush_interval_secs: Option<f64>,
+    /// How far, in seconds, an event's time may be ahead of this machine's clock (default 300).
+    pub max_future_skew_secs: Option<i64>,
+    /// Extra librdkafka settings, e.g. `kafka = { "security.protocol" = "ssl" }`; `-X` flags
+    /// override them key by key.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl AggregateFile {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, flush_max_messages, flush_interval_secs, max_future_skew_secs, kafka)",
+                path.display()
+            )
+        })
+    }
+}
