@@ -47,8 +47,9 @@ pub struct PriceEntry {
 #[derive(Debug, Clone)]
 pub struct PriceBook {
     pub currency: String,
-    /// Entries per (provider, model), sorted by `effective_from`.
-    entries: HashMap<(String, String), Vec<PriceEntry>>,
+    /// Entries per provider, then model, each list sorted by `effective_from`. Nested maps so a
+    /// lookup by `&str` allocates nothing.
+    entries: HashMap<String, HashMap<String, Vec<PriceEntry>>>,
 }
 
 #[derive(Deserialize)]
@@ -139,7 +140,7 @@ impl PriceBook {
                 "currency {cur:?} must be an ISO 4217 code like \"USD\" or \"CNY\""
             )));
         }
-        let mut entries: HashMap<(String, String), Vec<PriceEntry>> = HashMap::new();
+        let mut entries: HashMap<String, HashMap<String, Vec<PriceEntry>>> = HashMap::new();
         for p in file.price {
             let at = |s: &toml::Spanned<String>| line_of(text, s.span().start);
             let price = |name: &str, s: &toml::Spanned<String>| {
@@ -180,8 +181,11 @@ impl PriceBook {
                     ))
                 })?
                 .with_timezone(&Utc);
-            let key = (p.provider.clone(), p.model.clone());
-            let list = entries.entry(key).or_default();
+            let list = entries
+                .entry(p.provider.clone())
+                .or_default()
+                .entry(p.model.clone())
+                .or_default();
             if list.iter().any(|e| e.effective_from == effective_from) {
                 return Err(err(format!(
                     "line {}: {}/{} has two entries effective from {effective_from}",
@@ -197,7 +201,7 @@ impl PriceBook {
                 rates,
             });
         }
-        for list in entries.values_mut() {
+        for list in entries.values_mut().flat_map(HashMap::values_mut) {
             list.sort_by_key(|e| e.effective_from);
         }
         Ok(Self {
@@ -208,17 +212,14 @@ impl PriceBook {
 
     /// The entry in force at `time`: the latest `effective_from` ≤ `time`.
     pub fn lookup(&self, provider: &str, model: &str, time: DateTime<Utc>) -> Option<&PriceEntry> {
-        // Avoid allocating a key per lookup: the map is small, but the hot path is hot.
-        let list = self
-            .entries
-            .get(&(provider.to_string(), model.to_string()))?;
+        let list = self.entries.get(provider)?.get(model)?;
         let idx = list.partition_point(|e| e.effective_from <= time);
         idx.checked_sub(1).map(|i| &list[i])
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.values().map(Vec::len).sum()
+        self.entries().count()
     }
 
     /// Whether the book has no entry.
@@ -228,7 +229,7 @@ impl PriceBook {
 
     /// All entries, grouped by model, each group by time.
     pub fn entries(&self) -> impl Iterator<Item = &PriceEntry> {
-        self.entries.values().flatten()
+        self.entries.values().flat_map(HashMap::values).flatten()
     }
 }
 
