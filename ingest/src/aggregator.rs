@@ -269,7 +269,7 @@ pub async fn run_aggregator(
                 rdkafka::types::RDKafkaErrorCode::AutoOffsetReset,
             ))) => {
                 return Err(Error::Config(format!(
-                    "a partition of {} no longer holds the offset after the lake's last commit: the broker deleted messages (retention) before they were aggregated. Those events are lost to billing unless the gateways can resend them; see the librdkafka warning above for the partition and offsets. To accept the loss and go on from the oldest message the broker still has, move that partition's state file in {}/_state aside only after recording the gap.",
+                    "a partition of {} no longer holds the offset after the lake's last commit: the broker deleted messages (retention) before they were aggregated. Those events are lost to billing unless the gateways can resend them; see the librdkafka warning above for the partition and offsets. tokenmeter will not skip the gap by itself: do not move or edit the state files in {}/_state (that hides committed data from every report). Raise the topic's retention so this cannot recur, and record the gap before any restart.",
                     cfg.topic,
                     cfg.data_dir.display()
                 )));
