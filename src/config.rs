@@ -26,12 +26,18 @@ pub struct AggregateFile {
     pub dlq_topic: Option<String>,
     /// Consumer group (default `tokenmeter`).
     pub group: Option<String>,
+    /// Static group membership id (Kafka `group.instance.id`), unique per process.
+    pub instance_id: Option<String>,
     /// Flush a partition's batch at this many messages (default 250000).
     pub flush_max_messages: Option<usize>,
     /// Flush a partition's batch when its first message is this many seconds old (default 10).
     pub flush_interval_secs: Option<f64>,
     /// How far, in seconds, an event's time may be ahead of this machine's clock (default 300).
     pub max_future_skew_secs: Option<i64>,
+    /// Dedupe keys kept in memory across partitions (default 4000000).
+    pub dedupe_max_keys: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Extra librdkafka settings, e.g. `kafka = { "security.protocol" = "ssl" }`; `-X` flags
     /// override them key by key.
     #[serde(default)]
@@ -45,7 +51,7 @@ impl AggregateFile {
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
         toml::from_str(&text).with_context(|| {
             format!(
-                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, flush_max_messages, flush_interval_secs, max_future_skew_secs, kafka)",
+                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka)",
                 path.display()
             )
         })

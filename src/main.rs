@@ -68,6 +68,10 @@ struct AggregateArgs {
     /// Consumer group [default: tokenmeter].
     #[arg(long, env = "TOKENMETER_GROUP")]
     group: Option<String>,
+    /// Static group membership id (Kafka group.instance.id), unique per process: a restart with
+    /// the same id takes its partitions back without rebalancing the group.
+    #[arg(long, env = "TOKENMETER_INSTANCE_ID")]
+    instance_id: Option<String>,
     /// Once every assigned partition is at its end and nothing arrived for SECONDS, flush and exit 0.
     #[arg(long, value_name = "SECONDS")]
     exit_when_idle: Option<f64>,
@@ -80,6 +84,13 @@ struct AggregateArgs {
     /// How far (seconds) an event's time may be ahead of this machine's clock [default: 300].
     #[arg(long, env = "TOKENMETER_MAX_FUTURE_SKEW")]
     max_future_skew: Option<i64>,
+    /// Dedupe keys kept in memory across partitions [default: 4000000]; beyond it, dates are
+    /// re-read from the lake when a retry of theirs arrives.
+    #[arg(long, env = "TOKENMETER_DEDUPE_MAX_KEYS")]
+    dedupe_max_keys: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "TOKENMETER_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
     kafka: Vec<(String, String)>,
@@ -373,6 +384,7 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
     if let Some(g) = a.group.or(file.group) {
         cfg.group = g;
     }
+    cfg.instance_id = a.instance_id.or(file.instance_id);
     cfg.exit_when_idle = a.exit_when_idle.map(Duration::from_secs_f64);
     if let Some(n) = a.flush_max_messages.or(file.flush_max_messages) {
         cfg.flush_max_messages = n.max(1);
@@ -383,29 +395,36 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
     if let Some(s) = a.max_future_skew.or(file.max_future_skew_secs) {
         cfg.decode.max_future_skew = chrono::Duration::seconds(s);
     }
+    if let Some(n) = a.dedupe_max_keys.or(file.dedupe_max_keys) {
+        cfg.dedupe_max_keys = n;
+    }
     let mut kafka = file.kafka;
     kafka.extend(a.kafka);
     cfg.kafka_extra = kafka.into_iter().collect();
-    // Test hook: crash (exit 86 without cleanup) at a point of the commit protocol.
+    // Test hook: SIGKILL this process at a point of the commit protocol.
     if let Ok(fp) = std::env::var("TOKENMETER_FAILPOINT") {
         cfg.lake.fail_point =
             Some(tokenmeter_ingest::aggregator::parse_fail_point(&fp).map_err(anyhow::Error::msg)?);
+        cfg.lake.fail_action = tokenmeter_aggregate::lake::FailAction::Kill;
     }
     let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = a.metrics_addr.or(file.metrics_addr) {
+        let server = tokenmeter_ingest::metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?;
+        tokio::spawn(server);
+    }
     match tokenmeter_ingest::run_aggregator(cfg, book, metrics, shutdown_signal()).await {
         Ok(s) => {
             tracing::info!(
                 committed_events = s.committed_events,
+                duplicates = s.duplicates,
                 dead_lettered = s.dead_lettered,
                 batches = s.batches,
                 seconds = s.elapsed.as_secs_f64(),
                 "aggregator stopped cleanly"
             );
             Ok(())
-        }
-        Err(tokenmeter_ingest::Error::Aggregate(tokenmeter_aggregate::Error::FailPoint(p))) => {
-            eprintln!("fail point {p:?} reached: exiting as if crashed");
-            std::process::exit(86);
         }
         Err(e) => Err(e.into()),
     }

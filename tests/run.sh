@@ -26,5 +26,9 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "services: tansu (Kafka-compatible broker) on loopback"
+trap 'tests/services.sh down' EXIT
+eval "$(tests/services.sh up)"
+
 log "cargo test"
 cargo test --workspace --locked --no-fail-fast

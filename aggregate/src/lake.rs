@@ -17,8 +17,19 @@
 //! state file, the pending batch's files and the staging directory: its cost does not grow with
 //! the lake.
 //!
-//! Not here: Kafka (the caller supplies offsets) and fencing between processes.
+//! Fencing: only the holder of a partition's [`PartitionLock`] (an exclusive `flock` on
+//! `_state/{topic}/p{N}.lock`) may recover or commit that partition; both take the lock as a
+//! proof argument. The kernel releases the lock when its holder exits, even by SIGKILL, so a
+//! crashed owner never blocks its successor, while a live but stalled one (a "zombie" the
+//! consumer group has already replaced) keeps its successor waiting instead of racing it.
+//! `flock` is exclusive across processes on one host's local file system; see ARCHITECTURE.md
+//! for the limits (no NFS).
+//!
+//! Also here: reading back the dedupe keys of committed raw events ([`Lake::load_keys`]).
+//!
+//! Not here: Kafka (the caller supplies offsets) and the dedupe index itself ([`crate::dedupe`]).
 
+use crate::dedupe::{self, Key};
 use crate::record::{PricedEvent, events_batch, rollup_batch};
 use crate::rollup::fold;
 use crate::{Error, Result};
@@ -38,6 +49,8 @@ use tokenmeter_schemas::layout::{
 pub enum FailPoint {
     /// Files written and fsynced under temporary names; no intent yet.
     BeforeIntent,
+    /// The first file of the batch written to staging, the others not yet.
+    MidWrite,
     /// Intent recorded; no file renamed yet.
     AfterIntent,
     /// Intent recorded; the first file renamed, the others not.
@@ -50,13 +63,14 @@ impl std::str::FromStr for FailPoint {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Ok(match s {
+            "mid_write" => FailPoint::MidWrite,
             "before_intent" => FailPoint::BeforeIntent,
             "after_intent" => FailPoint::AfterIntent,
             "mid_rename" => FailPoint::MidRename,
             "after_commit" => FailPoint::AfterCommit,
             _ => {
                 return Err(format!(
-                    "unknown fail point {s:?}: before_intent|after_intent|mid_rename|after_commit"
+                    "unknown fail point {s:?}: mid_write|before_intent|after_intent|mid_rename|after_commit"
                 ));
             }
         })
@@ -72,6 +86,19 @@ pub struct LakeOptions {
     pub zstd_level: i32,
     /// Fail (as if crashed) at this point of the Nth batch commit (1-based) of this process.
     pub fail_point: Option<(FailPoint, u64)>,
+    /// What reaching the fail point does.
+    pub fail_action: FailAction,
+}
+
+/// What a reached [`FailPoint`] does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailAction {
+    /// Return [`Error::FailPoint`] (in-process tests).
+    #[default]
+    Error,
+    /// SIGKILL this process on the spot: nothing after the point runs, not even destructors
+    /// (crash tests of the binary).
+    Kill,
 }
 
 impl Default for LakeOptions {
@@ -80,6 +107,7 @@ impl Default for LakeOptions {
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             fail_point: None,
+            fail_action: FailAction::Error,
         }
     }
 }
@@ -91,6 +119,33 @@ pub struct CommitReport {
     pub rollup_rows: usize,
     pub files: Vec<String>,
     pub bytes: u64,
+}
+
+/// Exclusive ownership of one Kafka partition's slice of the lake, by this process, for as long
+/// as the value lives: an exclusive `flock` on `_state/{topic}/p{N}.lock`. [`Lake::recover`] and
+/// [`Lake::commit`] require it.
+#[derive(Debug)]
+pub struct PartitionLock {
+    file: File,
+    topic: String,
+    partition: i32,
+}
+
+impl PartitionLock {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
+impl Drop for PartitionLock {
+    fn drop(&mut self) {
+        // Empty the holder note first: a lock file that names a pid is held by it.
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
 }
 
 /// The lake rooted at a directory.
@@ -150,6 +205,54 @@ impl Lake {
         &self.root
     }
 
+    fn lock_file(&self, topic: &str, partition: i32) -> PathBuf {
+        self.root.join(layout::lock_path(topic, partition))
+    }
+
+    /// Take the partition's lock if no other holder has it; `None` if one has (see
+    /// [`Lake::lock_holder`] for who). Lock files are never deleted: deleting one while a
+    /// process holds it would let a second process lock a new file of the same name.
+    pub fn try_lock(&self, topic: &str, partition: i32) -> Result<Option<PartitionLock>> {
+        let path = self.lock_file(topic, partition);
+        let dir = path.parent().expect("lock path has a parent");
+        fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(Error::io("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path)(e)),
+        }
+        // Who holds it, for the log of a process that has to wait (advisory text only).
+        let who = format!(
+            "pid {} since {}\n",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let _ = file.set_len(0).and_then(|_| {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            file.write_all(who.as_bytes())
+        });
+        Ok(Some(PartitionLock {
+            file,
+            topic: topic.to_string(),
+            partition,
+        }))
+    }
+
+    /// Who holds the partition's lock (`pid N since TIME`; empty when nobody), for messages.
+    pub fn lock_holder(&self, topic: &str, partition: i32) -> String {
+        fs::read_to_string(self.lock_file(topic, partition))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
     fn state_file(&self, topic: &str, partition: i32) -> PathBuf {
         self.root.join(layout::state_path(topic, partition))
     }
@@ -202,7 +305,8 @@ impl Lake {
 
     /// Make the partition's files agree with its state and return the offset to resume from
     /// (`committed_through + 1`, or 0). Idempotent; run before consuming the partition.
-    pub fn recover(&self, topic: &str, partition: i32) -> Result<i64> {
+    pub fn recover(&self, lock: &PartitionLock) -> Result<i64> {
+        let (topic, partition) = (lock.topic(), lock.partition());
         let mut state = self.state(topic, partition)?;
         if let Some(p) = state.pending.take() {
             for rel in &p.files {
@@ -242,7 +346,18 @@ impl Lake {
 
     fn fail(&self, at: FailPoint, n: u64) -> Result<()> {
         match self.opts.fail_point {
-            Some((p, k)) if p == at && k == n => Err(Error::FailPoint(at)),
+            Some((p, k)) if p == at && k == n => match self.opts.fail_action {
+                FailAction::Error => Err(Error::FailPoint(at)),
+                FailAction::Kill => {
+                    tracing::warn!(?at, commit = n, "fail point reached: SIGKILL");
+                    // SAFETY: kill(2) and getpid(2) take plain integers and touch no memory of
+                    // this process; the signal ends it.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGKILL);
+                    }
+                    unreachable!("SIGKILL returned")
+                }
+            },
             _ => Ok(()),
         }
     }
@@ -275,12 +390,12 @@ impl Lake {
     /// order with `first` = the previous `last + 1` (or the offset [`Lake::recover`] returned).
     pub fn commit(
         &self,
-        topic: &str,
-        partition: i32,
+        lock: &PartitionLock,
         first: i64,
         last: i64,
         events: &[PricedEvent],
     ) -> Result<CommitReport> {
+        let (topic, partition) = (lock.topic(), lock.partition());
         let n = self
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -315,6 +430,9 @@ impl Lake {
             let tmp = staged(&self.root, topic, partition, &rel);
             report.bytes += self.write_parquet(&tmp, &events_batch(topic, evs)?)?;
             report.files.push(rel);
+            if report.files.len() == 1 {
+                self.fail(FailPoint::MidWrite, n)?;
+            }
             let rows = fold(evs.iter().copied());
             let rows: Vec<_> = rows.iter().collect();
             report.rollup_rows += rows.len();
@@ -349,5 +467,79 @@ impl Lake {
         self.write_state(&state)?;
         self.fail(FailPoint::AfterCommit, n)?;
         Ok(report)
+    }
+
+    /// The dedupe keys and content fingerprints of the partition's committed raw events of one
+    /// UTC date (files whose `last` offset ≤ `committed_through`). Reads three columns of the
+    /// date's files of this partition only.
+    pub fn load_keys(
+        &self,
+        lock: &PartitionLock,
+        date: chrono::NaiveDate,
+        committed_through: i64,
+    ) -> Result<Vec<(Key, u64)>> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::Int64Type;
+        use parquet::arrow::ProjectionMask;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let dir = self.root.join(layout::date_dir(EVENTS_DIR, date));
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io("list", &dir))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(FileId::parse) else {
+                continue;
+            };
+            if id.topic != lock.topic()
+                || id.partition != lock.partition()
+                || id.last > committed_through
+            {
+                continue;
+            }
+            let path = entry.path();
+            let dec = |e: parquet::errors::ParquetError| Error::Encode {
+                what: "dedupe keys (reading parquet)",
+                message: format!("{}: {e}", path.display()),
+            };
+            let file = File::open(&path).map_err(Error::io("open", &path))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(dec)?;
+            let schema = builder.schema().clone();
+            let col = |name: &str| {
+                schema.index_of(name).map_err(|_| Error::Encode {
+                    what: "dedupe keys (reading parquet)",
+                    message: format!("{}: no column {name}", path.display()),
+                })
+            };
+            let (src, eid, fp) = (
+                col("source")?,
+                col("event_id")?,
+                col("content_fingerprint")?,
+            );
+            let mask = ProjectionMask::roots(builder.parquet_schema(), [src, eid, fp]);
+            let reader = builder.with_projection(mask).build().map_err(dec)?;
+            for batch in reader {
+                let batch = batch.map_err(|e| Error::Encode {
+                    what: "dedupe keys (reading parquet)",
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                let s = batch.schema();
+                let get = |n: &str| batch.column(s.index_of(n).expect("projected column"));
+                let (src, eid, fp) = (get("source"), get("event_id"), get("content_fingerprint"));
+                let (src, eid) = (src.as_string::<i32>(), eid.as_string::<i32>());
+                let fp = fp.as_primitive::<Int64Type>();
+                for i in 0..batch.num_rows() {
+                    if src.is_null(i) || eid.is_null(i) {
+                        continue;
+                    }
+                    out.push((dedupe::key(src.value(i), eid.value(i)), fp.value(i) as u64));
+                }
+            }
+        }
+        Ok(out)
     }
 }

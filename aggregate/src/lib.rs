@@ -2,11 +2,13 @@
 //!
 //! - [`prices`]: the price book (TOML) and exact cost arithmetic — pure.
 //! - [`rollup`]: the hourly rollup fold — pure.
+//! - [`dedupe`]: retry dedupe keys, content fingerprints and the per-partition index — pure.
 //! - [`lake`]: the Parquet sink and the commit protocol that makes it exactly-once (see
 //!   ARCHITECTURE.md, "Delivery invariant") — the only I/O in this crate.
 //!
 //! Not here: Kafka (see `tokenmeter-ingest`) and queries (see `tokenmeter-query`).
 
+pub mod dedupe;
 pub mod error;
 pub mod lake;
 pub mod prices;

@@ -41,6 +41,8 @@ pub struct PricedEvent {
     pub price: Option<Applied>,
     pub partition: i32,
     pub offset: i64,
+    /// [`crate::dedupe::fingerprint`] of the event.
+    pub fingerprint: u64,
 }
 
 impl PricedEvent {
@@ -48,6 +50,7 @@ impl PricedEvent {
     pub fn new(event: UsageEvent, book: &PriceBook, partition: i32, offset: i64) -> Self {
         let time = event.time_utc();
         let buckets = event.data.usage.buckets();
+        let fingerprint = crate::dedupe::fingerprint(&event);
         let price = book
             .lookup(&event.data.provider, &event.data.model, time)
             .map(|e| Applied {
@@ -62,6 +65,7 @@ impl PricedEvent {
             price,
             partition,
             offset,
+            fingerprint,
         }
     }
 
@@ -174,6 +178,7 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
     let mut buckets = BucketColumns::new(n);
     let mut partition = Int32Builder::with_capacity(n);
     let mut offset = Int64Builder::with_capacity(n);
+    let mut fingerprint = Int64Builder::with_capacity(n);
     for p in events {
         let e = &p.event;
         let d = &e.data;
@@ -208,6 +213,7 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
         ktopic.append_value(topic);
         partition.append_value(p.partition);
         offset.append_value(p.offset);
+        fingerprint.append_value(p.fingerprint as i64);
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(id.finish()),
@@ -233,6 +239,7 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
     cols.push(Arc::new(ktopic.finish()));
     cols.push(Arc::new(partition.finish()));
     cols.push(Arc::new(offset.finish()));
+    cols.push(Arc::new(fingerprint.finish()));
     RecordBatch::try_new(EVENTS_SCHEMA.clone(), cols).map_err(encode_err("raw events"))
 }
 

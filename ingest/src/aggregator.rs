@@ -6,13 +6,20 @@
 //! the batch is committed to the lake ([`tokenmeter_aggregate::lake`]), and only then is the Kafka
 //! offset committed (for lag tools; the lake's state, not Kafka, says where to resume).
 //!
-//! On every assignment, each partition is recovered in the lake and the consumer is positioned
-//! at the lake's `committed_through + 1`. Revoked partitions drop their uncommitted buffers: the
-//! next owner replays them from the lake's committed offset.
+//! On every assignment, each partition is locked (the lake's per-partition `flock`: a zombie
+//! owner that the group has replaced keeps the lock, and the new owner waits for it rather than
+//! writing beside it), recovered in the lake, and the consumer is positioned at the lake's
+//! `committed_through + 1`. Revoked partitions release their lock and drop their uncommitted
+//! buffers and dedupe index: the next owner replays them from the lake's committed offset.
 //!
-//! Not here: the commit protocol itself, pricing, dedupe of gateway retries.
+//! Gateway retries (same `source` and `id`) are dropped by the partition's
+//! [`DedupeIndex`], loaded per event date from the lake's committed raw events; a retry with
+//! other content is a conflict and goes to the dead-letter topic.
+//!
+//! Not here: the commit protocol itself, pricing, the dedupe index's rules.
 
 use crate::kafka::{client_config, producer_config, redacted};
+use crate::metrics::Metrics;
 use crate::{Error, Result};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -21,12 +28,13 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokenmeter_aggregate::lake::{FailPoint, Lake, LakeOptions};
+use tokenmeter_aggregate::dedupe::{self, DedupeIndex, Verdict};
+use tokenmeter_aggregate::lake::{FailPoint, Lake, LakeOptions, PartitionLock};
 use tokenmeter_aggregate::{PriceBook, PricedEvent};
 use tokenmeter_schemas::{DecodeOptions, ValidationError, decode_event};
 use tracing::{debug, info, warn};
@@ -42,6 +50,9 @@ pub struct AggregatorConfig {
     pub dlq_topic: String,
     /// Consumer group.
     pub group: String,
+    /// Static group membership (Kafka's `group.instance.id`): a restarted process with the same
+    /// id takes its partitions back without a rebalance of the whole group. Unique per process.
+    pub instance_id: Option<String>,
     /// Root of the Parquet lake.
     pub data_dir: PathBuf,
     /// Flush a partition's batch when it holds this many messages.
@@ -58,6 +69,9 @@ pub struct AggregatorConfig {
     pub kafka_extra: Vec<(String, String)>,
     /// How often progress is logged.
     pub progress_interval: Duration,
+    /// Dedupe keys kept in memory, shared out among the assigned partitions (about 40 bytes
+    /// each); beyond it, least recently used dates are dropped and re-read from the lake.
+    pub dedupe_max_keys: usize,
 }
 
 impl AggregatorConfig {
@@ -68,6 +82,7 @@ impl AggregatorConfig {
             topic: "usage.events".into(),
             dlq_topic: "usage.events.dlq".into(),
             group: "tokenmeter".into(),
+            instance_id: None,
             data_dir: data_dir.into(),
             flush_max_messages: 250_000,
             flush_interval: Duration::from_secs(10),
@@ -76,25 +91,9 @@ impl AggregatorConfig {
             lake: LakeOptions::default(),
             kafka_extra: Vec::new(),
             progress_interval: Duration::from_secs(5),
+            dedupe_max_keys: 4_000_000,
         }
     }
-}
-
-/// Counters of a running aggregator, readable from another task (progress bars, metrics).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Messages consumed (including replays of uncommitted batches after a rebalance).
-    pub consumed: AtomicU64,
-    /// Valid events committed to the lake.
-    pub committed_events: AtomicU64,
-    /// Messages committed to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Batches committed.
-    pub batches: AtomicU64,
-    /// Messages behind the end of the assigned partitions at the last progress check.
-    pub lag: AtomicU64,
-    /// Events with no matching price (stored with null cost).
-    pub unpriced: AtomicU64,
 }
 
 /// What a run did.
@@ -102,6 +101,7 @@ pub struct Metrics {
 pub struct RunSummary {
     pub committed_events: u64,
     pub dead_lettered: u64,
+    pub duplicates: u64,
     pub batches: u64,
     pub elapsed: Duration,
 }
@@ -111,6 +111,9 @@ pub struct RunSummary {
 struct Assignment {
     /// Newly assigned partitions with their resume offsets.
     assigned: Vec<(i32, i64)>,
+    /// The lake locks of the partitions this process owns. Released in the revoke callback
+    /// itself, so that a rebalance that moves a partition never waits on this process.
+    locks: HashMap<i32, Arc<PartitionLock>>,
     /// Revoked partitions.
     revoked: Vec<i32>,
     /// Error raised inside the callback (recovery failed).
@@ -136,6 +139,38 @@ impl ClientContext for Ctx {
     }
 }
 
+impl Ctx {
+    /// Take the partition's lake lock, waiting while another process holds it: that process is
+    /// a previous owner still finishing (or stalled in) a commit; writing beside it could
+    /// interleave two batches. Its lock goes away when it releases it or dies.
+    fn acquire(&self, p: i32) -> tokenmeter_aggregate::Result<PartitionLock> {
+        let started = Instant::now();
+        let mut last_log: Option<Instant> = None;
+        loop {
+            if let Some(l) = self.lake.try_lock(&self.topic, p)? {
+                if started.elapsed() > Duration::from_millis(500) {
+                    info!(
+                        partition = p,
+                        waited_s = started.elapsed().as_secs_f64(),
+                        "partition lock acquired after waiting"
+                    );
+                }
+                return Ok(l);
+            }
+            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                warn!(
+                    partition = p,
+                    holder = %self.lake.lock_holder(&self.topic, p),
+                    waited_s = started.elapsed().as_secs_f64() as u64,
+                    "partition is locked by another aggregator on this lake (the previous owner, still running); waiting for it to let go. If that process is hung, stop it."
+                );
+                last_log = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl ConsumerContext for Ctx {
     fn rebalance(
         &self,
@@ -151,20 +186,27 @@ impl ConsumerContext for Ctx {
                     .iter()
                     .map(TopicPartitionListElem::partition)
                     .collect();
-                let mut shared = self.shared.lock().expect("lock");
                 for p in parts {
-                    match self.lake.recover(&self.topic, p) {
-                        Ok(resume) => {
-                            info!(topic = %self.topic, partition = p, resume, "partition assigned; resuming after the lake's committed offset");
+                    let lock = match self.shared.lock().expect("lock").locks.get(&p) {
+                        Some(l) => Ok(l.clone()),
+                        None => self.acquire(p).map(Arc::new),
+                    };
+                    let res = lock.and_then(|lock| Ok((self.lake.recover(&lock)?, lock)));
+                    let mut shared = self.shared.lock().expect("lock");
+                    match res {
+                        Ok((resume, lock)) => {
+                            info!(topic = %self.topic, partition = p, resume, "partition assigned and locked; resuming after the lake's committed offset");
                             let _ =
                                 tpl.set_partition_offset(&self.topic, p, Offset::Offset(resume));
                             shared.assigned.push((p, resume));
+                            shared.locks.insert(p, lock);
                         }
                         Err(e) => {
-                            shared.error = Some(format!("recovering partition {p}: {e}"));
+                            shared.error = Some(format!("taking over partition {p}: {e}"));
                         }
                     }
                 }
+                let mut shared = self.shared.lock().expect("lock");
                 if let Err(e) = consumer.assign(tpl) {
                     shared.error = Some(format!("assigning partitions: {e}"));
                 }
@@ -172,8 +214,9 @@ impl ConsumerContext for Ctx {
             RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut shared = self.shared.lock().expect("lock");
                 for e in tpl.elements() {
-                    info!(topic = %self.topic, partition = e.partition(), "partition revoked");
+                    info!(topic = %self.topic, partition = e.partition(), "partition revoked; lock released");
                     shared.revoked.push(e.partition());
+                    shared.locks.remove(&e.partition());
                 }
                 if let Err(e) = consumer.unassign() {
                     shared.error = Some(format!("unassigning partitions: {e}"));
@@ -191,15 +234,28 @@ struct Batch {
     messages: usize,
     events: Vec<PricedEvent>,
     dlq: Vec<DeliveryFuture>,
+    dlq_reasons: BTreeMap<String, u64>,
+    duplicates: u64,
     started: Instant,
 }
 
 struct PartitionState {
     /// Next offset expected; messages below it are replays of committed data and are skipped.
     next: i64,
+    /// The lake's `committed_through` for this partition, as of this process's last commit.
+    committed_through: i64,
     batch: Option<Batch>,
     at_eof: bool,
+    dedupe: DedupeIndex,
+    /// Whether the first message at the resume offset was seen (offsets are checked till then).
+    resumed: bool,
+    /// Re-reads from earlier offsets done to get past a broker that skipped the resume offset.
+    rewinds: u32,
 }
+
+/// Re-reads from ever earlier offsets (1k, 10k, 100k, 1M back) before a gap at the resume point
+/// is taken as offsets the broker does not have.
+const MAX_REWINDS: u32 = 4;
 
 /// Run the aggregator until `shutdown` resolves, `exit_when_idle` fires, or a fatal error.
 pub async fn run_aggregator(
@@ -220,7 +276,15 @@ pub async fn run_aggregator(
         .set("enable.partition.eof", "true")
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Bound what librdkafka buffers ahead of the loop (poison messages can be 10 MB).
+        .set("queued.max.messages.kbytes", "65536")
+        // Fetch a partition's oversized message whole: a broker that does not hand out a
+        // message bigger than the fetch size (tansu) would otherwise stall the partition on it.
+        .set("fetch.message.max.bytes", "33554432");
+    if let Some(id) = &cfg.instance_id {
+        cc.set("group.instance.id", id);
+    }
     for (k, v) in &cfg.kafka_extra {
         cc.set(k, v);
     }
@@ -234,13 +298,27 @@ pub async fn run_aggregator(
         cc.create_with_context(ctx)
             .map_err(Error::kafka("creating the consumer"))?,
     );
-    let producer: FutureProducer = producer_config(&cfg.brokers, &cfg.kafka_extra)
+    let mut pc = producer_config(&cfg.brokers, &[]);
+    // Dead letters keep the original bytes, however large the poison message was.
+    pc.set("message.max.bytes", "33554432");
+    for (k, v) in &cfg.kafka_extra {
+        pc.set(k, v);
+    }
+    let producer: FutureProducer = pc
         .create()
         .map_err(Error::kafka("creating the dead-letter producer"))?;
     consumer
         .subscribe(&[&cfg.topic])
         .map_err(Error::kafka(format!("subscribing to {}", cfg.topic)))?;
 
+    let ctx = Loop {
+        cfg: &cfg,
+        book: &book,
+        lake: &lake,
+        metrics: &metrics,
+        shared: &shared,
+        producer: &producer,
+    };
     let mut parts: HashMap<i32, PartitionState> = HashMap::new();
     let mut last_message = Instant::now();
     let mut last_progress = Instant::now();
@@ -253,12 +331,17 @@ pub async fn run_aggregator(
             _ = &mut shutdown => { info!("shutdown requested: flushing"); break; }
             m = tokio::time::timeout(tick, consumer.recv()) => m,
         };
-        apply_assignment(&shared, &mut parts)?;
+        ctx.apply_assignment(&mut parts)?;
         match next {
             Ok(Ok(msg)) => {
                 last_message = Instant::now();
                 metrics.consumed.fetch_add(1, Relaxed);
-                handle_message(&cfg, &book, &producer, &metrics, &mut parts, &msg);
+                if let Some((p, off)) = ctx.handle_message(&mut parts, &msg)
+                    && let Err(e) =
+                        consumer.seek(&cfg.topic, p, Offset::Offset(off), Duration::from_secs(10))
+                {
+                    warn!(partition = p, offset = off, error = %e, "seek failed; the next message retries it");
+                }
             }
             Ok(Err(KafkaError::PartitionEOF(p))) => {
                 if let Some(s) = parts.get_mut(&p) {
@@ -287,19 +370,25 @@ pub async fn run_aggregator(
             })
             .collect();
         for p in due {
-            flush(&cfg, &lake, &consumer, &metrics, &mut parts, p).await?;
+            ctx.flush(&consumer, &mut parts, p).await?;
         }
         if last_progress.elapsed() >= cfg.progress_interval {
             let consumed = metrics.consumed.load(Relaxed);
             let rate = (consumed - progress_base) as f64 / last_progress.elapsed().as_secs_f64();
             progress_base = consumed;
             last_progress = Instant::now();
-            let lag = lag(&consumer, &cfg.topic, &parts).await;
+            let lags = lag(&consumer, &cfg.topic, &parts).await;
+            let lag: u64 = lags.values().sum();
             metrics.lag.store(lag, Relaxed);
+            *metrics.partition_lag.lock().expect("metrics lock") = lags;
+            metrics
+                .dedupe_keys
+                .store(parts.values().map(|s| s.dedupe.len() as u64).sum(), Relaxed);
             info!(
                 events_per_s = rate as u64,
                 consumed,
                 committed = metrics.committed_events.load(Relaxed),
+                duplicates = metrics.duplicates.load(Relaxed),
                 dead_lettered = metrics.dead_lettered.load(Relaxed),
                 lag,
                 partitions = parts.len(),
@@ -320,97 +409,304 @@ pub async fn run_aggregator(
     }
     let ps: Vec<i32> = parts.keys().copied().collect();
     for p in ps {
-        flush(&cfg, &lake, &consumer, &metrics, &mut parts, p).await?;
+        ctx.flush(&consumer, &mut parts, p).await?;
     }
     // Offsets were committed asynchronously after each batch; make the last ones land.
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     Ok(RunSummary {
         committed_events: metrics.committed_events.load(Relaxed),
         dead_lettered: metrics.dead_lettered.load(Relaxed),
+        duplicates: metrics.duplicates.load(Relaxed),
         batches: metrics.batches.load(Relaxed),
         elapsed: started.elapsed(),
     })
 }
 
-fn apply_assignment(
-    shared: &Mutex<Assignment>,
-    parts: &mut HashMap<i32, PartitionState>,
-) -> Result<()> {
-    let mut s = shared.lock().expect("lock");
-    if let Some(e) = s.error.take() {
-        return Err(Error::Config(e));
-    }
-    for p in s.revoked.drain(..) {
-        if let Some(state) = parts.remove(&p)
-            && let Some(b) = state.batch
-        {
-            info!(
-                partition = p,
-                first = b.first,
-                last = b.last,
-                "dropping the uncommitted batch of a revoked partition; its next owner replays it"
-            );
-        }
-    }
-    for (p, resume) in s.assigned.drain(..) {
-        parts.insert(
-            p,
-            PartitionState {
-                next: resume,
-                batch: None,
-                at_eof: false,
-            },
-        );
-    }
-    Ok(())
+/// What the consumer loop's steps share.
+struct Loop<'a> {
+    cfg: &'a AggregatorConfig,
+    book: &'a PriceBook,
+    lake: &'a Arc<Lake>,
+    metrics: &'a Metrics,
+    shared: &'a Mutex<Assignment>,
+    producer: &'a FutureProducer,
 }
 
-fn handle_message(
-    cfg: &AggregatorConfig,
-    book: &PriceBook,
-    producer: &FutureProducer,
-    metrics: &Metrics,
-    parts: &mut HashMap<i32, PartitionState>,
-    msg: &BorrowedMessage<'_>,
-) {
-    let (p, offset) = (msg.partition(), msg.offset());
-    let Some(state) = parts.get_mut(&p) else {
-        debug!(
-            partition = p,
-            offset, "message of a partition not assigned any more; skipped"
-        );
-        return;
-    };
-    state.at_eof = false;
-    if offset < state.next {
-        debug!(partition = p, offset, "offset already committed; skipped");
-        return;
+impl Loop<'_> {
+    fn lock_of(&self, p: i32) -> Option<Arc<PartitionLock>> {
+        self.shared.lock().expect("lock").locks.get(&p).cloned()
     }
-    state.next = offset + 1;
-    let batch = state.batch.get_or_insert_with(|| Batch {
-        first: offset,
-        last: offset,
-        messages: 0,
-        events: Vec::new(),
-        dlq: Vec::new(),
-        started: Instant::now(),
-    });
-    batch.last = offset;
-    batch.messages += 1;
-    match validate(msg, &cfg.decode) {
-        Ok(event) => {
-            let priced = PricedEvent::new(event, book, p, offset);
-            if priced.price.is_none() {
-                metrics.unpriced.fetch_add(1, Relaxed);
+
+    fn apply_assignment(&self, parts: &mut HashMap<i32, PartitionState>) -> Result<()> {
+        let mut s = self.shared.lock().expect("lock");
+        if let Some(e) = s.error.take() {
+            return Err(Error::Config(e));
+        }
+        for p in s.revoked.drain(..) {
+            if let Some(state) = parts.remove(&p)
+                && let Some(b) = state.batch
+            {
+                info!(
+                    partition = p,
+                    first = b.first,
+                    last = b.last,
+                    "dropping the uncommitted batch of a revoked partition; its next owner replays it"
+                );
             }
-            batch.events.push(priced);
         }
-        Err(e) => {
-            debug!(partition = p, offset, error = %e, "invalid message to the dead-letter topic");
-            batch
-                .dlq
-                .push(dead_letter(producer, &cfg.dlq_topic, &cfg.topic, msg, &e));
+        if s.assigned.is_empty() {
+            return Ok(());
         }
+        let budget = self.cfg.dedupe_max_keys / s.locks.len().max(1);
+        for (p, resume) in s.assigned.drain(..) {
+            parts.insert(
+                p,
+                PartitionState {
+                    next: resume,
+                    committed_through: resume - 1,
+                    batch: None,
+                    at_eof: false,
+                    dedupe: DedupeIndex::new(budget.max(10_000)),
+                    resumed: false,
+                    rewinds: 0,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Handle one message; `Some((partition, offset))` asks the loop to seek there.
+    fn handle_message(
+        &self,
+        parts: &mut HashMap<i32, PartitionState>,
+        msg: &BorrowedMessage<'_>,
+    ) -> Option<(i32, i64)> {
+        let (p, offset) = (msg.partition(), msg.offset());
+        let Some(state) = parts.get_mut(&p) else {
+            debug!(
+                partition = p,
+                offset, "message of a partition not assigned any more; skipped"
+            );
+            return None;
+        };
+        state.at_eof = false;
+        if offset < state.next {
+            debug!(partition = p, offset, "offset already committed; skipped");
+            return None;
+        }
+        if !state.resumed {
+            if offset > state.next && state.rewinds < MAX_REWINDS {
+                // The broker answered a fetch at `next` with later offsets. Kafka returns the
+                // record batch that contains `next`; a broker that serves whole batches from the
+                // first one *starting* at or after the offset (tansu 0.6 does) skips the rest of
+                // the batch `next` is in. Accepting would lose those events: read again from an
+                // earlier offset and skip up to `next` instead.
+                let back = 1_000i64 * 10i64.pow(state.rewinds);
+                let target = (state.next - back).max(0);
+                state.rewinds += 1;
+                warn!(
+                    partition = p,
+                    asked = state.next,
+                    got = offset,
+                    rewind_to = target,
+                    "the broker skipped offsets at the resume point; re-reading from an earlier offset"
+                );
+                return Some((p, target));
+            }
+            if offset > state.next {
+                warn!(
+                    partition = p,
+                    expected = state.next,
+                    got = offset,
+                    "offsets missing from the broker at the resume point even when reading from earlier ones (compacted topic or transaction markers?)"
+                );
+            }
+            state.resumed = true;
+        }
+        state.next = offset + 1;
+        let batch = state.batch.get_or_insert_with(|| Batch {
+            first: offset,
+            last: offset,
+            messages: 0,
+            events: Vec::new(),
+            dlq: Vec::new(),
+            dlq_reasons: BTreeMap::new(),
+            duplicates: 0,
+            started: Instant::now(),
+        });
+        batch.last = offset;
+        batch.messages += 1;
+        let err = match validate(msg, &self.cfg.decode) {
+            Ok(event) => {
+                let priced = PricedEvent::new(event, self.book, p, offset);
+                let date = priced.time.date_naive();
+                if !state.dedupe.is_loaded(date) {
+                    let keys = self.load_keys(p, date, state.committed_through);
+                    self.metrics.dedupe_loads.fetch_add(1, Relaxed);
+                    debug!(partition = p, %date, keys = keys.len(), "dedupe keys of a date loaded from the lake");
+                    state.dedupe.load(date, keys);
+                }
+                let key = dedupe::key_of(&priced.event);
+                match state.dedupe.check(date, key, priced.fingerprint) {
+                    Verdict::New => {
+                        if priced.price.is_none() {
+                            self.metrics.unpriced.fetch_add(1, Relaxed);
+                        }
+                        batch.events.push(priced);
+                        return None;
+                    }
+                    Verdict::Duplicate => {
+                        debug!(partition = p, offset, source = %priced.event.source, id = %priced.event.id, "retry of a stored event dropped");
+                        batch.duplicates += 1;
+                        return None;
+                    }
+                    Verdict::Conflict { stored } => (
+                        "conflict".to_string(),
+                        ValidationError {
+                            field: "id".into(),
+                            rule: format!(
+                                "conflict: an event with source {:?} and id {:?} was already accepted with different content (content fingerprint {stored:016x}, this message {:016x}); the first one stands, this one is not counted",
+                                priced.event.source, priced.event.id, priced.fingerprint
+                            ),
+                        },
+                    ),
+                }
+            }
+            Err(e) => (e.reason().to_string(), e),
+        };
+        let (reason, err) = err;
+        debug!(partition = p, offset, error = %err, "to the dead-letter topic");
+        batch.dlq.push(dead_letter(
+            self.producer,
+            &self.cfg.dlq_topic,
+            &self.cfg.topic,
+            msg,
+            &err,
+            &reason,
+        ));
+        *batch.dlq_reasons.entry(reason).or_default() += 1;
+        None
+    }
+
+    /// The committed dedupe keys of a date, retried with backoff: an event cannot be judged
+    /// new or duplicate without them.
+    fn load_keys(
+        &self,
+        p: i32,
+        date: chrono::NaiveDate,
+        committed_through: i64,
+    ) -> Vec<(dedupe::Key, u64)> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let res = match self.lock_of(p) {
+                Some(lock) => self.lake.load_keys(&lock, date, committed_through),
+                None => return Vec::new(), // revoked meanwhile: the batch is dropped anyway
+            };
+            match res {
+                Ok(keys) => return keys,
+                Err(e) => {
+                    warn!(partition = p, %date, error = %e, retry_in_ms = backoff.as_millis() as u64, "reading dedupe keys from the lake failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    async fn flush(
+        &self,
+        consumer: &StreamConsumer<Ctx>,
+        parts: &mut HashMap<i32, PartitionState>,
+        p: i32,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let Some(state) = parts.get_mut(&p) else {
+            return Ok(());
+        };
+        let Some(batch) = state.batch.take() else {
+            return Ok(());
+        };
+        let Some(lock) = self.lock_of(p) else {
+            info!(
+                partition = p,
+                "partition no longer owned: its batch is dropped, the next owner replays it"
+            );
+            return Ok(());
+        };
+        let t = Instant::now();
+        // 1. Invalid messages are durably in the dead-letter topic before their offsets commit.
+        let dlq_count = batch.dlq.len() as u64;
+        for f in batch.dlq {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(Error::Kafka {
+                        context: format!("delivering to dead-letter topic {}", cfg.dlq_topic),
+                        source: e,
+                    });
+                }
+                Err(_) => return Err(Error::Config("dead-letter producer dropped".into())),
+            }
+        }
+        // 2. The batch into the lake, retried with backoff on I/O errors. Only the holder of
+        //    the partition's lock can commit; it is held until this returns.
+        let mut backoff = Duration::from_millis(100);
+        let events = Arc::new(batch.events);
+        let (first, last) = (batch.first, batch.last);
+        loop {
+            let (lake, ev, lk) = (self.lake.clone(), events.clone(), lock.clone());
+            let res = tokio::task::spawn_blocking(move || lake.commit(&lk, first, last, &ev))
+                .await
+                .expect("commit task panicked");
+            match res {
+                Ok(report) => {
+                    info!(
+                        partition = p,
+                        first,
+                        last,
+                        events = report.events,
+                        duplicates = batch.duplicates,
+                        dead_lettered = dlq_count,
+                        files = report.files.len(),
+                        bytes = report.bytes,
+                        ms = t.elapsed().as_millis() as u64,
+                        "batch committed"
+                    );
+                    break;
+                }
+                Err(e @ tokenmeter_aggregate::Error::FailPoint(_)) => return Err(e.into()),
+                Err(e) => {
+                    self.metrics.commit_failures.fetch_add(1, Relaxed);
+                    warn!(partition = p, first, last, error = %e, retry_in_ms = backoff.as_millis() as u64, "batch commit failed; retrying (nothing is acknowledged until it succeeds)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    // A failed attempt may have left an intent or temporary files: recover first.
+                    match self.lake.recover(&lock) {
+                        Ok(resume) if resume > last => break, // the intent was recorded: rolled forward
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(partition = p, error = %e, "recovery after a failed commit failed; retrying")
+                        }
+                    }
+                }
+            }
+        }
+        state.committed_through = last;
+        state.dedupe.committed();
+        let m = self.metrics;
+        m.committed_events.fetch_add(events.len() as u64, Relaxed);
+        m.duplicates.fetch_add(batch.duplicates, Relaxed);
+        m.dead_lettered.fetch_add(dlq_count, Relaxed);
+        m.add_dlq(&batch.dlq_reasons);
+        m.batches.fetch_add(1, Relaxed);
+        m.observe_flush(t.elapsed());
+        // 3. Kafka's offset, for lag tools; the lake is the source of truth.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&cfg.topic, p, Offset::Offset(last + 1))
+            .map_err(Error::kafka("building the offset list"))?;
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(partition = p, error = %e, "Kafka offset commit failed (harmless: the lake holds the position)");
+        }
+        Ok(())
     }
 }
 
@@ -457,6 +753,7 @@ fn dead_letter(
     topic: &str,
     msg: &BorrowedMessage<'_>,
     err: &ValidationError,
+    reason: &str,
 ) -> DeliveryFuture {
     let (p, o) = (msg.partition().to_string(), msg.offset().to_string());
     let text = err.to_string();
@@ -471,7 +768,7 @@ fn dead_letter(
         })
         .insert(Header {
             key: dlq_headers::REASON,
-            value: Some(err.reason()),
+            value: Some(reason),
         })
         .insert(Header {
             key: dlq_headers::TOPIC,
@@ -518,92 +815,11 @@ fn dead_letter(
     }
 }
 
-async fn flush(
-    cfg: &AggregatorConfig,
-    lake: &Arc<Lake>,
-    consumer: &StreamConsumer<Ctx>,
-    metrics: &Metrics,
-    parts: &mut HashMap<i32, PartitionState>,
-    p: i32,
-) -> Result<()> {
-    let Some(batch) = parts.get_mut(&p).and_then(|s| s.batch.take()) else {
-        return Ok(());
-    };
-    // 1. Invalid messages are durably in the dead-letter topic before their offsets commit.
-    let dlq_count = batch.dlq.len() as u64;
-    for f in batch.dlq {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(Error::Kafka {
-                    context: format!("delivering to dead-letter topic {}", cfg.dlq_topic),
-                    source: e,
-                });
-            }
-            Err(_) => return Err(Error::Config("dead-letter producer dropped".into())),
-        }
-    }
-    // 2. The batch into the lake, retried with backoff on I/O errors.
-    let t = Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    let events = Arc::new(batch.events);
-    loop {
-        let (lake2, topic, ev) = (lake.clone(), cfg.topic.clone(), events.clone());
-        let (first, last) = (batch.first, batch.last);
-        let res = tokio::task::spawn_blocking(move || lake2.commit(&topic, p, first, last, &ev))
-            .await
-            .expect("commit task panicked");
-        match res {
-            Ok(report) => {
-                info!(
-                    partition = p,
-                    first,
-                    last,
-                    events = report.events,
-                    dead_lettered = dlq_count,
-                    files = report.files.len(),
-                    bytes = report.bytes,
-                    ms = t.elapsed().as_millis() as u64,
-                    "batch committed"
-                );
-                break;
-            }
-            Err(e @ tokenmeter_aggregate::Error::FailPoint(_)) => return Err(e.into()),
-            Err(e) => {
-                warn!(partition = p, first, last, error = %e, retry_in_ms = backoff.as_millis() as u64, "batch commit failed; retrying (nothing is acknowledged until it succeeds)");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                // A failed attempt may have left an intent or temporary files: recover first.
-                match lake.recover(&cfg.topic, p) {
-                    Ok(resume) if resume > last => break, // the intent was recorded: rolled forward
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(partition = p, error = %e, "recovery after a failed commit failed; retrying")
-                    }
-                }
-            }
-        }
-    }
-    metrics
-        .committed_events
-        .fetch_add(events.len() as u64, Relaxed);
-    metrics.dead_lettered.fetch_add(dlq_count, Relaxed);
-    metrics.batches.fetch_add(1, Relaxed);
-    // 3. Kafka's offset, for lag tools; the lake is the source of truth.
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&cfg.topic, p, Offset::Offset(batch.last + 1))
-        .map_err(Error::kafka("building the offset list"))?;
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        warn!(partition = p, error = %e, "Kafka offset commit failed (harmless: the lake holds the position)");
-    }
-    Ok(())
-}
-
 async fn lag(
     consumer: &Arc<StreamConsumer<Ctx>>,
     topic: &str,
     parts: &HashMap<i32, PartitionState>,
-) -> u64 {
+) -> BTreeMap<i32, u64> {
     let positions: Vec<(i32, i64)> = parts.iter().map(|(p, s)| (*p, s.next)).collect();
     let (c, topic) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
@@ -613,12 +829,12 @@ async fn lag(
                 let (_, high) = c
                     .fetch_watermarks(&topic, *p, Duration::from_secs(1))
                     .ok()?;
-                Some((high - next).max(0) as u64)
+                Some((*p, (high - next).max(0) as u64))
             })
-            .sum()
+            .collect()
     })
     .await
-    .unwrap_or(0)
+    .unwrap_or_default()
 }
 
 /// Re-exported for the CLI: parse `TOKENMETER_FAILPOINT=name:n`.

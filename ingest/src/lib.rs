@@ -1,5 +1,5 @@
 //! Kafka in and out for tokenmeter: the aggregator's consumer loop (decode, validate, price,
-//! batch, commit to the lake, dead-letter the invalid), the producer gateways use, and the
+//! dedupe retries, batch, commit to the lake, dead-letter the invalid), its Prometheus metrics, the producer gateways use, and the
 //! deterministic traffic generator.
 //!
 //! Not here: pricing, rollups and the Parquet commit protocol (`tokenmeter-aggregate`), queries
@@ -9,7 +9,9 @@ pub mod aggregator;
 pub mod error;
 pub mod generate;
 pub mod kafka;
+pub mod metrics;
 pub mod produce;
 
-pub use aggregator::{AggregatorConfig, Metrics, RunSummary, run_aggregator};
+pub use aggregator::{AggregatorConfig, RunSummary, run_aggregator};
 pub use error::{Error, Result};
+pub use metrics::Metrics;

@@ -17,15 +17,53 @@ pub const MAX_TOKENS: u64 = 1_000_000_000;
 pub const MAX_ID_CHARS: usize = 128;
 /// Longest tenant id (`subject`), in characters.
 pub const MAX_SUBJECT_CHARS: usize = 64;
+/// Longest [`ValidationError::rule`], in characters. A rule quotes the offending value, and the
+/// value is the sender's: a megabyte-long string must not become a megabyte-long dead-letter
+/// header.
+pub const MAX_RULE_CHARS: usize = 300;
+
+/// Every path [`ValidationError::field`] can name. A path the sender made up (an unknown key,
+/// an array index, an enum variant) is cut back to its longest prefix in this list, so the field
+/// is always short and from a closed set: it becomes a dead-letter header and a metrics label.
+pub const FIELD_PATHS: [&str; 26] = [
+    "specversion",
+    "type",
+    "id",
+    "source",
+    "time",
+    "subject",
+    "data",
+    "data.provider",
+    "data.model",
+    "data.operation",
+    "data.agent",
+    "data.agent.id",
+    "data.agent.name",
+    "data.agent.run_id",
+    "data.agent.step",
+    "data.channel",
+    "data.api_key_id",
+    "data.user_id",
+    "data.usage",
+    "data.usage.input_tokens",
+    "data.usage.cache_read_input_tokens",
+    "data.usage.cache_creation_input_tokens",
+    "data.usage.output_tokens",
+    "data.usage.reasoning_output_tokens",
+    "data.latency_ms",
+    "data.status",
+];
 
 /// Why a message is not a valid usage event: the field (a dotted path from the top of the JSON
 /// document, empty for the whole message) and the rule it broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {rule}", if field.is_empty() { "message" } else { field.as_str() })]
 pub struct ValidationError {
-    /// Dotted path of the offending field, e.g. `data.usage.input_tokens`; empty for the message.
+    /// Dotted path of the offending field, e.g. `data.usage.input_tokens`, one of
+    /// [`FIELD_PATHS`]; empty for the message.
     pub field: String,
-    /// The rule, in words, with the offending value where that helps.
+    /// The rule, in words, with the offending value where that helps; at most
+    /// [`MAX_RULE_CHARS`] characters.
     pub rule: String,
 }
 
@@ -33,7 +71,7 @@ impl ValidationError {
     fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
         Self {
             field: field.into(),
-            rule: rule.into(),
+            rule: bounded(rule.into()),
         }
     }
 
@@ -320,9 +358,18 @@ fn token_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             if v.fract() == 0.0 && (0.0..=MAX_TOKENS as f64).contains(&v) {
                 return Ok(v as u64);
             }
-            Err(E::custom(format_args!(
-                "must be an integer in 0..={MAX_TOKENS}, got {v}"
-            )))
+            // serde_json reads an integer beyond i64/u64 as the nearest f64: printed in full,
+            // 18446744073709551616 would read "18446744073709552000", a number nobody sent.
+            // Scientific notation says "about" and keeps 1e30 as 1e30.
+            if v.abs() >= 1e15 {
+                Err(E::custom(format_args!(
+                    "must be an integer in 0..={MAX_TOKENS}, got {v:e}"
+                )))
+            } else {
+                Err(E::custom(format_args!(
+                    "must be an integer in 0..={MAX_TOKENS}, got {v}"
+                )))
+            }
         }
     }
     d.deserialize_any(V)
@@ -478,28 +525,32 @@ pub fn decode_event(bytes: &[u8], opts: &DecodeOptions) -> Result<UsageEvent, Va
     }
     let de = &mut serde_json::Deserializer::from_str(text);
     let wire: Wire = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = known_path(e.path());
         let inner = e.into_inner();
         let msg = inner.to_string();
         // serde names a missing field in the message and points the path at its parent.
         if let Some(rest) = msg.strip_prefix("missing field `")
             && let Some(name) = rest.split('`').next()
         {
-            let field = if path == "." {
+            let field = if path.is_empty() {
                 name.to_string()
             } else {
                 format!("{path}.{name}")
             };
             return ValidationError::new(field, "is required");
         }
-        let field = if path == "." { String::new() } else { path };
         let rule = match inner.classify() {
+            // Valid JSON (RFC 8259 sets no range), but beyond what serde_json can hold.
+            serde_json::error::Category::Syntax if msg.starts_with("number out of range") => {
+                "must be a number within the 64-bit floating-point range, got one out of range"
+                    .to_string()
+            }
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 format!("not valid JSON: {msg}")
             }
             _ => strip_position(&msg),
         };
-        ValidationError::new(field, rule)
+        ValidationError::new(path, rule)
     })?;
     // Trailing garbage after the object.
     de.end()
@@ -545,6 +596,42 @@ fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, ValidationError> {
     DateTime::parse_from_rfc3339(s).map_err(|_| bad())
 }
 
+/// The longest prefix of `path` that is one of [`FIELD_PATHS`]; empty for none.
+fn known_path(path: &serde_path_to_error::Path) -> String {
+    let mut known = String::new();
+    for segment in path {
+        let serde_path_to_error::Segment::Map { key } = segment else {
+            break;
+        };
+        // A key "usage.input_tokens" is one unknown key, not two known ones.
+        if key.contains('.') {
+            break;
+        }
+        let next = if known.is_empty() {
+            key.clone()
+        } else {
+            format!("{known}.{key}")
+        };
+        if !FIELD_PATHS.contains(&next.as_str()) {
+            break;
+        }
+        known = next;
+    }
+    known
+}
+
+/// Cut a rule longer than [`MAX_RULE_CHARS`] in the middle, keeping its start (what is wrong)
+/// and its end (what was expected).
+fn bounded(rule: String) -> String {
+    let n = rule.chars().count();
+    if n <= MAX_RULE_CHARS {
+        return rule;
+    }
+    let head: String = rule.chars().take(MAX_RULE_CHARS / 2).collect();
+    let tail: String = rule.chars().skip(n - (MAX_RULE_CHARS / 2 - 1)).collect();
+    format!("{head}…{tail}")
+}
+
 /// serde_json appends " at line L column C"; the field path says more, so drop it.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -556,6 +643,260 @@ fn strip_position(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+
+    /// A valid event, the corpus's `full.json`.
+    const FULL: &str = include_str!("../examples/valid/full.json");
+
+    fn opts() -> DecodeOptions {
+        DecodeOptions {
+            now: Some(Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    /// `full.json` with its first `from` replaced by `to`.
+    fn full_with(from: &str, to: &str) -> String {
+        assert!(FULL.contains(from), "{from:?} is not in full.json");
+        FULL.replacen(from, to, 1)
+    }
+
+    fn decode_err(text: impl AsRef<[u8]>) -> ValidationError {
+        decode_event(text.as_ref(), &opts()).expect_err("decodes, but should not")
+    }
+
+    #[test]
+    fn full_example_decodes() {
+        let e = decode_event(FULL.as_bytes(), &opts()).unwrap();
+        assert_eq!(e.data.usage.input_tokens, 12000);
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_message_error() {
+        let mut bytes = FULL.as_bytes().to_vec();
+        bytes[40] = 0xff;
+        let e = decode_err(&bytes);
+        assert_eq!(e.field, "");
+        assert_eq!(e.rule, "not UTF-8: invalid byte at offset 40");
+        assert_eq!(e.reason(), "utf8");
+        // A lone surrogate half encoded in UTF-8 (CESU-8 style) is not UTF-8 either.
+        let mut bytes = FULL.as_bytes().to_vec();
+        bytes.splice(40..40, [0xed, 0xa0, 0x80]);
+        assert_eq!(decode_err(&bytes).reason(), "utf8");
+    }
+
+    #[test]
+    fn ten_megabytes_are_rejected_before_parsing() {
+        const TEN_MB: usize = 10 << 20;
+        let want = "message is 10485760 bytes, over the 1048576-byte limit";
+        // Valid JSON, invalid UTF-8, deep nesting: the same verdict, so the content is never
+        // looked at (invalid UTF-8 would otherwise say "utf8", nesting "json").
+        let mut padded_event = FULL.as_bytes().to_vec();
+        padded_event.resize(TEN_MB, b' ');
+        let started = std::time::Instant::now();
+        for bytes in [padded_event, vec![0xff; TEN_MB], vec![b'['; TEN_MB]] {
+            let e = decode_err(&bytes);
+            assert_eq!(e.field, "");
+            assert_eq!(e.rule, want);
+            assert_eq!(e.reason(), "too_large");
+        }
+        // Reading 30 MB through UTF-8 validation and a parser would take far longer in a debug
+        // build; a length check takes microseconds.
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        // One byte over the configured limit is enough.
+        let small = DecodeOptions {
+            max_message_bytes: FULL.len() - 1,
+            ..opts()
+        };
+        let e = decode_event(FULL.as_bytes(), &small).unwrap_err();
+        assert_eq!(e.reason(), "too_large");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        const LEVELS: usize = 100_000;
+        let cases = [
+            // In a member the contract does not know: skipped without recursion, so the
+            // missing closing brackets are what fails; the unknown key is not named.
+            (
+                "\"operation\"",
+                format!("\"x\": {}", "[".repeat(LEVELS)),
+                "data",
+            ),
+            (
+                "\"operation\"",
+                format!("\"x\": {}", "{\"a\":".repeat(LEVELS)),
+                "data",
+            ),
+            (
+                "\"step\": \"plan\"",
+                format!("\"x\": {}", "{\"a\":".repeat(LEVELS)),
+                "data.agent",
+            ),
+        ];
+        for (from, to, field) in &cases {
+            let e = decode_err(full_with(from, to));
+            assert_eq!(&e.field, field, "{e}");
+            assert!(
+                e.rule.starts_with("not valid JSON: expected value at line"),
+                "{e}"
+            );
+            assert!(e.rule.chars().count() <= MAX_RULE_CHARS);
+        }
+        // Where the contract expects a number or an object, the first bracket is the error.
+        let e = decode_err(full_with("12000", &"[".repeat(LEVELS)));
+        assert_eq!(e.field, "data.usage.input_tokens");
+        assert_eq!(
+            e.rule,
+            "invalid type: sequence, expected an integer in 0..=1000000000"
+        );
+        let e = decode_err(full_with(
+            "\"agent\": {",
+            &format!("\"agent\": {}", "[".repeat(LEVELS)),
+        ));
+        assert_eq!(e.field, "data.agent");
+        assert_eq!(e.rule, "invalid type: sequence, expected a JSON object");
+        // The whole message: refused at its first byte.
+        let e = decode_err("[".repeat(LEVELS));
+        assert_eq!(e.field, "");
+        assert_eq!(e.reason(), "json");
+        // Balanced nesting in an unknown member is accepted like any unknown member (the
+        // contract allows them): skipped iteratively, bounded by `max_message_bytes`, and not
+        // carried on by `to_json`.
+        let deep = format!(
+            "\"x\": {}{}, \"operation\"",
+            "[".repeat(LEVELS),
+            "]".repeat(LEVELS)
+        );
+        let e = decode_event(full_with("\"operation\"", &deep).as_bytes(), &opts()).unwrap();
+        assert!(!e.to_json().contains("\"x\""));
+    }
+
+    #[test]
+    fn numbers_beyond_u64_name_the_field() {
+        for (number, got) in [
+            ("18446744073709551616", "1.8446744073709552e19"),
+            ("1e30", "1e30"),
+            ("-1", "-1"),
+            ("1.5", "1.5"),
+            ("-1e30", "-1e30"),
+        ] {
+            let e = decode_err(full_with("12000", number));
+            assert_eq!(e.field, "data.usage.input_tokens", "{number}");
+            assert_eq!(
+                e.rule,
+                format!("must be an integer in 0..=1000000000, got {got}"),
+                "{number}"
+            );
+            assert_eq!(e.reason(), "data.usage.input_tokens");
+        }
+        // Beyond even f64: valid JSON, but no parser here can hold it.
+        let e = decode_err(full_with("12000", "1e400"));
+        assert_eq!(e.field, "data.usage.input_tokens");
+        assert_eq!(
+            e.rule,
+            "must be a number within the 64-bit floating-point range, got one out of range"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_name_the_key_in_its_object() {
+        // serde's rule names the duplicated key; the field is the object holding it.
+        for (from, to, field, rule) in [
+            (
+                "\"input_tokens\": 12000",
+                "\"input_tokens\": 12000, \"input_tokens\": 1",
+                "data.usage",
+                "duplicate field `input_tokens`",
+            ),
+            (
+                "\"provider\"",
+                "\"provider\": \"x\", \"provider\"",
+                "data",
+                "duplicate field `provider`",
+            ),
+            (
+                "\"specversion\": \"1.0\"",
+                "\"specversion\": \"1.0\", \"specversion\": \"1.0\"",
+                "",
+                "duplicate field `specversion`",
+            ),
+            // An escaped spelling of the same key is the same key.
+            (
+                "\"provider\"",
+                "\"provider\": \"x\", \"provide\\u0072\"",
+                "data",
+                "duplicate field `provider`",
+            ),
+        ] {
+            let e = decode_err(full_with(from, to));
+            assert_eq!(e.field, field, "{to}");
+            assert_eq!(e.rule, rule, "{to}");
+        }
+    }
+
+    #[test]
+    fn field_is_a_known_path_whatever_the_keys() {
+        let long_key = "k".repeat(100_000);
+        for (text, field) in [
+            // An unknown key with a syntax error in its value.
+            (format!("{{\"data\": {{\"{long_key}\": ["), "data"),
+            (
+                full_with("\"operation\"", "\"zz\": [1,,], \"operation\""),
+                "data",
+            ),
+            // A key that is not a string, or not a valid string.
+            ("{1: 2}".to_string(), ""),
+            (
+                full_with("\"operation\"", "\"z\\ud800\": 1, \"operation\""),
+                "data",
+            ),
+            // An enum written as an object: the variant is not a field.
+            (full_with("\"plan\"", "{\"act\": 1}"), "data.agent.step"),
+            // A key with a dot is one unknown key, not a path.
+            (
+                full_with("\"operation\"", "\"usage.input_tokens\": [, \"operation\""),
+                "data",
+            ),
+        ] {
+            let e = decode_err(&text);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.field.is_empty() || FIELD_PATHS.contains(&e.field.as_str()));
+        }
+    }
+
+    #[test]
+    fn rule_is_bounded_whatever_the_value() {
+        let long = "x".repeat(1 << 19);
+        for (text, field, start, end) in [
+            (
+                full_with("\"ok\"", &format!("\"{long}\"")),
+                "data.status",
+                "unknown variant `xxx",
+                "xxx`, expected `ok` or `error`",
+            ),
+            (
+                full_with("12000", &format!("\"{long}\"")),
+                "data.usage.input_tokens",
+                "invalid type: string \"xxx",
+                "xxx\", expected an integer in 0..=1000000000",
+            ),
+        ] {
+            let e = decode_err(&text);
+            assert_eq!(e.field, field);
+            assert_eq!(e.rule.chars().count(), MAX_RULE_CHARS);
+            assert!(e.rule.starts_with(start), "{e}");
+            assert!(e.rule.ends_with(end), "{e}");
+            assert!(e.rule.contains('…'));
+        }
+        // Multi-byte characters are cut between characters, never inside one.
+        let e = decode_err(full_with("\"ok\"", &format!("\"{}\"", "é".repeat(1000))));
+        assert_eq!(e.rule.chars().count(), MAX_RULE_CHARS);
+        // Short rules are left alone.
+        assert_eq!(bounded("short".into()), "short");
+        let exact = "y".repeat(MAX_RULE_CHARS);
+        assert_eq!(bounded(exact.clone()), exact);
+    }
 
     fn usage(i: u64, cr: u64, cw: u64, o: u64, r: u64) -> Usage {
         Usage {

@@ -6,6 +6,7 @@
 //! DIR/events/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
 //! DIR/rollups/hourly/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
 //! DIR/_state/{topic}/p{partition}.json            commit state of one Kafka partition
+//! DIR/_state/{topic}/p{partition}.lock            flock held by the partition's one writer
 //! DIR/_staging/{topic}/p{partition}/…/*.parquet.tmp  files being written (never read)
 //! ```
 //! A data file is committed iff its `last` offset ≤ the `committed_through` offset of its
@@ -67,6 +68,11 @@ impl FileId {
 /// Relative path of a partition's commit state.
 pub fn state_path(topic: &str, partition: i32) -> String {
     format!("{STATE_DIR}/{topic}/p{partition}.json")
+}
+
+/// Relative path of a partition's lock file (an exclusive `flock` held by its one writer).
+pub fn lock_path(topic: &str, partition: i32) -> String {
+    format!("{STATE_DIR}/{topic}/p{partition}.lock")
 }
 
 /// Relative path of a partition's staging directory.

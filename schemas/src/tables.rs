@@ -76,6 +76,9 @@ pub static EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("kafka_topic", DataType::Utf8, false),
         Field::new("kafka_partition", DataType::Int32, false),
         Field::new("kafka_offset", DataType::Int64, false),
+        // 64-bit hash of the event's content (tokenmeter_aggregate::dedupe::fingerprint): a
+        // retry with the same (source, event_id) must carry the same one, or it is a conflict.
+        Field::new("content_fingerprint", DataType::Int64, false),
     ]);
     Arc::new(Schema::new(f))
 });

@@ -44,7 +44,10 @@ fn run(
     let mut start = from as usize;
     while start < events.len() {
         let end = (start + size).min(events.len());
-        lake.commit(TOPIC, 0, start as i64, end as i64 - 1, &events[start..end])?;
+        let lock = lake
+            .try_lock(TOPIC, 0)?
+            .expect("partition 0 is not locked elsewhere");
+        lake.commit(&lock, start as i64, end as i64 - 1, &events[start..end])?;
         start = end;
     }
     Ok(())
@@ -73,8 +76,9 @@ fn a_crash_at_any_step_loses_nothing_and_doubles_nothing() {
     let (payloads, events) = events(3_000);
     let want = normalized(expected(&payloads, &Book::load(PRICES)));
     for (fp, resume_after_crash) in [
+        (FailPoint::MidWrite, 1_000), // batch 2 half written in staging: replayed
         (FailPoint::BeforeIntent, 1_000), // batch 2 never reached its intent: replayed
-        (FailPoint::AfterIntent, 2_000),  // intent recorded: rolled forward
+        (FailPoint::AfterIntent, 2_000), // intent recorded: rolled forward
         (FailPoint::MidRename, 2_000),
         (FailPoint::AfterCommit, 2_000),
     ] {
@@ -95,17 +99,19 @@ fn a_crash_at_any_step_loses_nothing_and_doubles_nothing() {
         drop(crashing);
 
         let lake = Lake::open(dir.path(), LakeOptions::default()).unwrap();
-        let resume = lake.recover(TOPIC, 0).unwrap();
+        let lock = lake.try_lock(TOPIC, 0).unwrap().unwrap();
+        let resume = lake.recover(&lock).unwrap();
         assert_eq!(resume, resume_after_crash, "{fp:?}");
         assert!(
             no_tmp_files(dir.path()),
             "{fp:?}: temporary files left after recovery"
         );
         assert_eq!(
-            lake.recover(TOPIC, 0).unwrap(),
+            lake.recover(&lock).unwrap(),
             resume,
             "recovery is idempotent"
         );
+        drop(lock);
         run(&lake, &events, resume, 700).unwrap();
 
         let (got, ids) = totals_of_events(&read_parquet_dir(&dir.path().join("events")));
@@ -146,10 +152,42 @@ fn a_batch_that_does_not_follow_the_committed_offset_is_refused() {
     let (_, events) = events(10);
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path(), LakeOptions::default()).unwrap();
-    lake.commit(TOPIC, 0, 0, 4, &events[..5]).unwrap();
+    let lock = lake.try_lock(TOPIC, 0).unwrap().unwrap();
+    lake.commit(&lock, 0, 4, &events[..5]).unwrap();
     let e = lake
-        .commit(TOPIC, 0, 3, 9, &events[3..])
+        .commit(&lock, 3, 9, &events[3..])
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not follow committed offset 4"), "{e}");
+}
+
+#[test]
+fn a_partition_lock_excludes_a_second_writer_until_released() {
+    let (_, events) = events(10);
+    let dir = tempfile::tempdir().unwrap();
+    // Two handles on one lake, as two processes would have: flock is per open file.
+    let (a, b) = (
+        Lake::open(dir.path(), LakeOptions::default()).unwrap(),
+        Lake::open(dir.path(), LakeOptions::default()).unwrap(),
+    );
+    let held = a.try_lock(TOPIC, 0).unwrap().expect("first lock");
+    assert!(
+        b.try_lock(TOPIC, 0).unwrap().is_none(),
+        "second writer got the lock"
+    );
+    assert!(
+        b.try_lock(TOPIC, 1).unwrap().is_some(),
+        "other partitions are free"
+    );
+    assert!(
+        b.lock_holder(TOPIC, 0)
+            .starts_with(&format!("pid {} ", std::process::id())),
+        "{}",
+        b.lock_holder(TOPIC, 0)
+    );
+    a.commit(&held, 0, 4, &events[..5]).unwrap();
+    drop(held);
+    let lock = b.try_lock(TOPIC, 0).unwrap().expect("released");
+    assert_eq!(b.recover(&lock).unwrap(), 5);
+    b.commit(&lock, 5, 9, &events[5..]).unwrap();
 }

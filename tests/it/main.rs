@@ -10,7 +10,10 @@
 
 mod cli;
 mod contract;
+mod faults;
 mod lake;
 mod pipeline;
+mod reliability;
 mod reports;
+mod services;
 mod support;

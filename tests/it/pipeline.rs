@@ -23,16 +23,33 @@ const TOPIC: &str = "usage.events";
 const DLQ: &str = "usage.events.dlq";
 
 struct Setup {
-    _cluster: MockCluster<'static, DefaultProducerContext>,
+    /// `None` on the real broker (tests/services.sh).
+    _cluster: Option<MockCluster<'static, DefaultProducerContext>>,
+    topic: String,
+    dlq: String,
     brokers: String,
     messages: Vec<GenMessage>,
 }
 
 async fn setup(events: u64, invalid: f64, seed: u64) -> Setup {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic(TOPIC, 4, 1).unwrap();
-    cluster.create_topic(DLQ, 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    setup_on(false, events, invalid, seed).await
+}
+
+/// On the mock cluster, or on the real broker with topics of its own.
+async fn setup_on(real: bool, events: u64, invalid: f64, seed: u64) -> Setup {
+    let (cluster, brokers, topic, dlq) = if real {
+        let brokers = crate::services::brokers();
+        let topic = crate::services::unique_topic("e2e");
+        let dlq = format!("{topic}.dlq");
+        crate::services::create_topics(&brokers, &[(&topic, 4), (&dlq, 1)]).await;
+        (None, brokers, topic, dlq)
+    } else {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 4, 1).unwrap();
+        cluster.create_topic(DLQ, 1, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        (Some(cluster), brokers, TOPIC.to_string(), DLQ.to_string())
+    };
     let messages: Vec<_> = Generator::new(GenConfig {
         events,
         tenants: 30,
@@ -44,7 +61,7 @@ async fn setup(events: u64, invalid: f64, seed: u64) -> Setup {
     let sent = AtomicU64::new(0);
     let n = tokenmeter_ingest::produce::produce_all(
         &brokers,
-        TOPIC,
+        &topic,
         &[],
         messages.iter().map(|m| (m.key.clone(), m.payload.clone())),
         &sent,
@@ -54,6 +71,8 @@ async fn setup(events: u64, invalid: f64, seed: u64) -> Setup {
     assert_eq!(n, events);
     Setup {
         _cluster: cluster,
+        topic,
+        dlq,
         brokers,
         messages,
     }
@@ -61,6 +80,8 @@ async fn setup(events: u64, invalid: f64, seed: u64) -> Setup {
 
 fn config(s: &Setup, dir: &std::path::Path) -> AggregatorConfig {
     let mut cfg = AggregatorConfig::new(s.brokers.clone(), dir);
+    cfg.topic = s.topic.clone();
+    cfg.dlq_topic = s.dlq.clone();
     cfg.exit_when_idle = Some(Duration::from_millis(1500));
     cfg.flush_max_messages = 7_000;
     cfg
@@ -79,15 +100,15 @@ fn book() -> PriceBook {
 }
 
 /// Read the whole dead-letter topic: (payload, source partition/offset, reason) per message.
-fn read_dlq(brokers: &str) -> Vec<(Vec<u8>, String, String)> {
+fn read_dlq(brokers: &str, dlq: &str) -> Vec<(Vec<u8>, String, String)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "dlq-reader")
+        .set("group.id", crate::services::unique_topic("dlq-reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    c.subscribe(&[DLQ]).unwrap();
+    c.subscribe(&[dlq]).unwrap();
     let mut out = vec![];
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -147,7 +168,17 @@ fn check_lake(dir: &std::path::Path, messages: &[GenMessage]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_lands_once_and_every_invalid_message_is_dead_lettered() {
-    let s = setup(60_000, 0.01, 11).await;
+    end_to_end(false).await;
+}
+
+/// The same on the real broker (tansu).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_lands_once_on_the_real_broker() {
+    end_to_end(true).await;
+}
+
+async fn end_to_end(real: bool) {
+    let s = setup_on(real, 60_000, 0.01, 11).await;
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
     let summary = within_limit(run_aggregator(
@@ -171,7 +202,7 @@ async fn every_event_lands_once_and_every_invalid_message_is_dead_lettered() {
     );
     check_lake(dir.path(), &s.messages);
 
-    let dlq = read_dlq(&s.brokers);
+    let dlq = read_dlq(&s.brokers, &s.dlq);
     assert_eq!(dlq.len(), invalid.len(), "dead-letter messages");
     let got: BTreeSet<&[u8]> = dlq.iter().map(|d| d.0.as_slice()).collect();
     let want: BTreeSet<&[u8]> = invalid.iter().map(|m| m.payload.as_slice()).collect();

@@ -51,14 +51,9 @@ async fn rollup_reports_equal_raw_reports() {
             .collect();
         for (k, chunk) in evs.chunks(4_000).enumerate() {
             let first = (k * 4_000) as i64;
-            lake.commit(
-                "usage.events",
-                part,
-                first,
-                first + chunk.len() as i64 - 1,
-                chunk,
-            )
-            .unwrap();
+            let lock = lake.try_lock("usage.events", part).unwrap().unwrap();
+            lake.commit(&lock, first, first + chunk.len() as i64 - 1, chunk)
+                .unwrap();
         }
     }
     let ctx = open_catalog(dir.path()).await.unwrap();
@@ -180,7 +175,8 @@ async fn golden_reports_over_the_example_corpus() {
         .collect();
     let lake_dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(lake_dir.path(), LakeOptions::default()).unwrap();
-    lake.commit("usage.events", 0, 0, events.len() as i64 - 1, &events)
+    let lock = lake.try_lock("usage.events", 0).unwrap().unwrap();
+    lake.commit(&lock, 0, events.len() as i64 - 1, &events)
         .unwrap();
     let ctx = open_catalog(lake_dir.path()).await.unwrap();
     let csv = |b: &[RecordBatch]| {
