@@ -448,35 +448,41 @@ pub fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<Read> {
     }
     c.assign(&tpl).unwrap();
     let total: i64 = high.values().sum();
-    let mut out = Vec::new();
+    // Keyed by offset: a message delivered twice counts once, and the read ends only when
+    // every offset below the high watermarks has been seen (a skipped batch times out).
+    let mut out: BTreeMap<(i32, i64), Read> = BTreeMap::new();
     let t = Instant::now();
     while (out.len() as i64) < total {
         assert!(
             t.elapsed() < Duration::from_secs(120),
-            "read {} of {total} messages of {topic} in 120 s",
+            "read {} of {total} offsets of {topic} in 120 s",
             out.len()
         );
         match c.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => out.push(Read {
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                (
-                                    x.key.to_string(),
-                                    String::from_utf8_lossy(x.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Some(Ok(m)) if m.offset() < high[&m.partition()] => {
+                let read = Read {
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_string(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                };
+                out.insert((m.partition(), m.offset()), read);
+            }
+            Some(Ok(_)) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
     }
-    out
+    out.into_values().collect()
 }
