@@ -558,7 +558,7 @@ fn late_events_land_in_new_rollup_files_and_reports_include_them() {
     let mut args = aggregate_args(&brokers, &topic, &dlq, &lake_s, "late");
     args.extend(["--exit-when-idle", "2"]);
     let log = dir.path().join("aggregate.log");
-    let rollup_files = || -> usize { walk(&lake.join("rollups")).len() };
+    let rollup_files = || -> usize { crate::support::files_under(&lake.join("rollups")).len() };
     let mut all = Vec::new();
     for (round, batch) in [on_time, late].into_iter().enumerate() {
         let sent = AtomicU64::new(0);
@@ -609,24 +609,6 @@ fn late_events_land_in_new_rollup_files_and_reports_include_them() {
             assert_eq!(got, want_t, "{day} from {source:?}");
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 /// tenant → (tokens, cost) summed over a cost report's rows.

@@ -54,21 +54,9 @@ fn run(
 }
 
 fn no_tmp_files(dir: &std::path::Path) -> bool {
-    walk(dir)
+    crate::support::files_under(dir)
         .iter()
         .all(|p| !p.to_string_lossy().ends_with(".tmp"))
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 #[test]

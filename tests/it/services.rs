@@ -4,6 +4,7 @@
 //!
 //! A missing service is a test failure with advice, never a skip.
 
+use crate::support::files_under;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -161,33 +162,20 @@ pub fn caught_up(brokers: &str, lake: &Path, topic: &str, partitions: i32) -> bo
 /// a complete Parquet file (footer and all row groups readable) and none may be temporary.
 pub fn assert_table_files_valid(lake: &Path) {
     for table in ["events", "rollups"] {
-        let mut stack = vec![lake.join(table)];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                let name = p.file_name().unwrap().to_string_lossy().to_string();
-                assert!(
-                    name.ends_with(".parquet") && !name.contains(".tmp"),
-                    "a non-Parquet or temporary file is visible to queries: {}",
-                    p.display()
-                );
-                let f = std::fs::File::open(&p).unwrap();
-                let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-                    .unwrap_or_else(|e| {
-                        panic!("torn file visible to queries: {}: {e}", p.display())
-                    })
-                    .build()
-                    .unwrap();
-                for b in r {
-                    b.unwrap_or_else(|e| panic!("torn file {}: {e}", p.display()));
-                }
+        for p in files_under(&lake.join(table)) {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                name.ends_with(".parquet") && !name.contains(".tmp"),
+                "a non-Parquet or temporary file is visible to queries: {}",
+                p.display()
+            );
+            let f = std::fs::File::open(&p).unwrap();
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                .unwrap_or_else(|e| panic!("torn file visible to queries: {}: {e}", p.display()))
+                .build()
+                .unwrap();
+            for b in r {
+                b.unwrap_or_else(|e| panic!("torn file {}: {e}", p.display()));
             }
         }
     }
@@ -198,19 +186,14 @@ pub fn assert_table_files_valid(lake: &Path) {
 pub fn assert_ranges_disjoint(lake: &Path, topic: &str) -> usize {
     use tokenmeter_schemas::layout::FileId;
     let mut ranges: BTreeMap<i32, std::collections::BTreeSet<(i64, i64)>> = BTreeMap::new();
-    let mut stack = vec![lake.join("events")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else if let Some(id) = FileId::parse(&e.file_name().to_string_lossy())
-                && id.topic == topic
-            {
-                ranges
-                    .entry(id.partition)
-                    .or_default()
-                    .insert((id.first, id.last));
-            }
+    for p in files_under(&lake.join("events")) {
+        if let Some(id) = FileId::parse(&p.file_name().unwrap().to_string_lossy())
+            && id.topic == topic
+        {
+            ranges
+                .entry(id.partition)
+                .or_default()
+                .insert((id.first, id.last));
         }
     }
     let mut n = 0;

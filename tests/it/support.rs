@@ -115,8 +115,8 @@ pub fn expected(payloads: &[Vec<u8>], book: &Book) -> BTreeMap<String, Expected>
     out
 }
 
-/// Every `.parquet` file under `dir`, read with the parquet crate directly (each must be valid).
-pub fn read_parquet_dir(dir: &Path) -> Vec<datafusion::arrow::array::RecordBatch> {
+/// Every file (not directory) under `dir`, at any depth; none if `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -127,11 +127,20 @@ pub fn read_parquet_dir(dir: &Path) -> Vec<datafusion::arrow::array::RecordBatch
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
+            } else {
                 files.push(p);
             }
         }
     }
+    files
+}
+
+/// Every `.parquet` file under `dir`, read with the parquet crate directly (each must be valid).
+pub fn read_parquet_dir(dir: &Path) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let files: Vec<_> = files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
     read_parquet_files(&files)
 }
 
