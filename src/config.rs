@@ -42,6 +42,25 @@ pub struct AggregateFile {
     /// override them key by key.
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,
+    /// ClickHouse sink, e.g. `[clickhouse] url = "http://127.0.0.1:8123"`.
+    #[serde(default)]
+    pub clickhouse: ClickHouseFile,
+}
+
+/// `[clickhouse]` of the aggregator's configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseFile {
+    /// HTTP URL of the server; the sink is off without it.
+    pub url: Option<String>,
+    /// Database (default `tokenmeter`).
+    pub database: Option<String>,
+    /// Rollup view name; the table is `{table}_parts` (default `usage_hourly`).
+    pub table: Option<String>,
+    /// User (default: the server's default user).
+    pub user: Option<String>,
+    /// Password (prefer `TOKENMETER_CLICKHOUSE_PASSWORD`).
+    pub password: Option<String>,
 }
 
 impl AggregateFile {
@@ -51,7 +70,7 @@ impl AggregateFile {
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
         toml::from_str(&text).with_context(|| {
             format!(
-                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka)",
+                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka, [clickhouse] url/database/table/user/password)",
                 path.display()
             )
         })

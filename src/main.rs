@@ -32,7 +32,7 @@ enum Command {
     /// Run the whole pipeline on an in-process Kafka mock cluster: generate, aggregate, report.
     Demo(demo::DemoArgs),
     /// Consume usage events from Kafka into the exactly-once Parquet lake.
-    Aggregate(AggregateArgs),
+    Aggregate(Box<AggregateArgs>),
     /// Generate deterministic, realistic usage events (to a JSON-lines file or to Kafka).
     Generate(GenerateArgs),
     /// Produce a JSON-lines file of events to Kafka, keyed by tenant, with an idempotent producer.
@@ -42,6 +42,37 @@ enum Command {
     Report(ReportCommand),
     /// Run read-only SQL over the lake's tables (usage_events, usage_hourly).
     Sql(SqlArgs),
+    /// ClickHouse tables of the rollups.
+    #[command(subcommand)]
+    Clickhouse(ClickHouseCommand),
+    /// Compare the lake's raw events, its rollups and ClickHouse per tenant, day and currency;
+    /// exit 1 on any difference.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Subcommand)]
+enum ClickHouseCommand {
+    /// Create the database, the rollup table and its view (idempotent).
+    Init(ClickHouseInitArgs),
+}
+
+#[derive(Args)]
+struct ClickHouseInitArgs {
+    /// HTTP URL of the server, e.g. http://127.0.0.1:8123.
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_URL", value_name = "URL")]
+    clickhouse_url: String,
+    /// Database to create.
+    #[arg(long, default_value = "tokenmeter")]
+    database: String,
+    /// Rollup view to create; the table is NAME_parts.
+    #[arg(long, default_value = "usage_hourly")]
+    table: String,
+    /// ClickHouse user.
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// ClickHouse password (prefer the environment variable).
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
 }
 
 #[derive(Args)]
@@ -94,6 +125,52 @@ struct AggregateArgs {
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
     kafka: Vec<(String, String)>,
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+}
+
+/// Where the ClickHouse rollup tables are.
+#[derive(Args, Clone)]
+struct ClickHouseArgs {
+    /// Also write the hourly rollups into ClickHouse at this HTTP URL, e.g.
+    /// http://127.0.0.1:8123 (tables: `tokenmeter clickhouse init`).
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_URL", value_name = "URL")]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database [default: tokenmeter].
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_DATABASE", value_name = "NAME")]
+    clickhouse_database: Option<String>,
+    /// ClickHouse rollup view; the table is NAME_parts [default: usage_hourly].
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_TABLE", value_name = "NAME")]
+    clickhouse_table: Option<String>,
+    /// ClickHouse user [default: the server's default user].
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// ClickHouse password (prefer the environment variable).
+    #[arg(long, env = "TOKENMETER_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
+}
+
+impl ClickHouseArgs {
+    /// The target, flags over the config file's keys; `None` without a URL.
+    fn target(
+        self,
+        file: &config::ClickHouseFile,
+    ) -> Option<tokenmeter_aggregate::clickhouse::Target> {
+        let url = self.clickhouse_url.or(file.url.clone())?;
+        Some(tokenmeter_aggregate::clickhouse::Target {
+            url,
+            database: self
+                .clickhouse_database
+                .or(file.database.clone())
+                .unwrap_or_else(|| "tokenmeter".into()),
+            table: self
+                .clickhouse_table
+                .or(file.table.clone())
+                .unwrap_or_else(|| "usage_hourly".into()),
+            user: self.clickhouse_user.or(file.user.clone()),
+            password: self.clickhouse_password.or(file.password.clone()),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -192,6 +269,30 @@ struct SqlArgs {
     query: String,
 }
 
+#[derive(Args)]
+struct ReconcileArgs {
+    #[arg(long, env = "TOKENMETER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// First day, inclusive (YYYY-MM-DD, in --tz).
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last day, exclusive (YYYY-MM-DD, in --tz).
+    #[arg(long)]
+    to: NaiveDate,
+    /// IANA time zone of the day boundaries (whole-hour offsets only: rollups hold UTC hours).
+    #[arg(long, default_value = "UTC")]
+    tz: chrono_tz::Tz,
+    /// Do not fail when ClickHouse has not loaded every committed batch yet (the comparison is
+    /// made at the last batch both hold either way).
+    #[arg(long)]
+    allow_lag: bool,
+    /// Format of the differences table.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
     Table,
@@ -275,7 +376,7 @@ fn init_tracing(quiet: bool) {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => demo::run(a).await,
-        Command::Aggregate(a) => aggregate(a).await,
+        Command::Aggregate(a) => aggregate(*a).await,
         Command::Generate(a) => generate(a).await,
         Command::Produce(a) => {
             let messages = tokenmeter_ingest::produce::read_jsonl(&a.file)?;
@@ -317,7 +418,98 @@ async fn run(cli: Cli) -> Result<()> {
             tokenmeter_query::write_batches(&batches, a.format.into(), a.output.as_deref())?;
             Ok(())
         }
+        Command::Clickhouse(ClickHouseCommand::Init(a)) => {
+            let ch = tokenmeter_aggregate::clickhouse::ClickHouse::new(
+                tokenmeter_aggregate::clickhouse::Target {
+                    url: a.clickhouse_url,
+                    database: a.database,
+                    table: a.table,
+                    user: a.clickhouse_user,
+                    password: a.clickhouse_password,
+                },
+            )?;
+            let version = ch.version().await?;
+            ch.init().await?;
+            let t = ch.target();
+            println!(
+                "ClickHouse {version} at {}: database {}, table {}, view {}.{} ready",
+                t.url,
+                t.database,
+                ch.parts_table(),
+                t.database,
+                t.table
+            );
+            Ok(())
+        }
+        Command::Reconcile(a) => reconcile(a).await,
     }
+}
+
+async fn reconcile(a: ReconcileArgs) -> Result<()> {
+    use tokenmeter_query::reconcile::{ClickHouseSource, ReconcileParams};
+    let Some(target) = a.clickhouse.target(&Default::default()) else {
+        bail!(
+            "--clickhouse-url is required: the HTTP URL of the ClickHouse server the aggregator writes to"
+        );
+    };
+    let ch = tokenmeter_aggregate::clickhouse::ClickHouse::new(target)?;
+    let src = ClickHouseSource {
+        client: ch.client().clone(),
+        parts_table: ch.parts_table(),
+    };
+    let params = ReconcileParams {
+        from: a.from,
+        to: a.to,
+        tz: a.tz,
+    };
+    let r = tokenmeter_query::reconcile::reconcile(&a.data_dir, &src, &params).await?;
+    let diffs = r.differences();
+    let keys = r.raw.len().max(r.rollups.len()).max(r.clickhouse.len());
+    for c in &r.cuts {
+        eprintln!(
+            "{} partition {}: lake committed through {}, ClickHouse through {}{}",
+            c.topic,
+            c.partition,
+            c.lake,
+            c.clickhouse,
+            if c.rows_behind > 0 {
+                format!(" ({} rollup rows not loaded yet)", c.rows_behind)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let ahead = r.ahead();
+    let behind = r.rows_behind();
+    if diffs.is_empty() {
+        eprintln!(
+            "raw events, rollups and ClickHouse agree on {keys} (tenant, day, currency) rows from {} to {} ({}), compared at the last batch both hold",
+            a.from, a.to, a.tz
+        );
+    } else {
+        eprintln!("{} differences:", diffs.len());
+        tokenmeter_query::write_batches(&[r.differences_batch()?], a.format.into(), None)?;
+    }
+    if !ahead.is_empty() {
+        eprintln!(
+            "ClickHouse holds batches the lake has not committed in {} partition(s): the lake lost data or another lake feeds this table",
+            ahead.len()
+        );
+    }
+    if behind > 0 {
+        eprintln!(
+            "ClickHouse is behind the lake by {behind} rollup rows{}",
+            if a.allow_lag {
+                " (allowed by --allow-lag)"
+            } else {
+                "; run the aggregator with --clickhouse-url until it catches up, or pass --allow-lag"
+            }
+        );
+    }
+    if !diffs.is_empty() || !ahead.is_empty() || (behind > 0 && !a.allow_lag) {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn report_params(a: &ReportArgs) -> Result<ReportParams> {
@@ -407,6 +599,7 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
             Some(tokenmeter_ingest::aggregator::parse_fail_point(&fp).map_err(anyhow::Error::msg)?);
         cfg.lake.fail_action = tokenmeter_aggregate::lake::FailAction::Kill;
     }
+    cfg.clickhouse = a.clickhouse.target(&file.clickhouse);
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = a.metrics_addr.or(file.metrics_addr) {
         let server = tokenmeter_ingest::metrics::serve(addr, metrics.clone())

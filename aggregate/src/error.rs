@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Errors of pricing and of the lake.
+/// Errors of pricing, the lake and the ClickHouse sink.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The price book could not be read or broke a rule.
@@ -22,6 +22,16 @@ pub enum Error {
     /// A test fail point was reached: the writer stops as if the process had crashed there.
     #[error("fail point {0:?} reached (simulated crash)")]
     FailPoint(crate::lake::FailPoint),
+    /// A ClickHouse request failed.
+    #[error("ClickHouse: {context}: {source}")]
+    ClickHouse {
+        context: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    /// A setting is not usable as given.
+    #[error("{0}")]
+    Config(String),
     /// The lake's commit state is not what this version can read.
     #[error("commit state {}: {message}", path.display())]
     State { path: PathBuf, message: String },

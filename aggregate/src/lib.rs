@@ -4,10 +4,15 @@
 //! - [`rollup`]: the hourly rollup fold — pure.
 //! - [`dedupe`]: retry dedupe keys, content fingerprints and the per-partition index — pure.
 //! - [`lake`]: the Parquet sink and the commit protocol that makes it exactly-once (see
-//!   ARCHITECTURE.md, "Delivery invariant") — the only I/O in this crate.
+//!   ARCHITECTURE.md, "Delivery invariant").
+//! - [`clickhouse`]: the ClickHouse tables, the sink's progress and atomic inserts of committed
+//!   rollup files (ARCHITECTURE.md, "ClickHouse sink").
+//!
+//! The lake and the ClickHouse module are the only I/O in this crate.
 //!
 //! Not here: Kafka (see `tokenmeter-ingest`) and queries (see `tokenmeter-query`).
 
+pub mod clickhouse;
 pub mod dedupe;
 pub mod error;
 pub mod lake;

@@ -72,6 +72,10 @@ pub struct AggregatorConfig {
     /// Dedupe keys kept in memory, shared out among the assigned partitions (about 40 bytes
     /// each); beyond it, least recently used dates are dropped and re-read from the lake.
     pub dedupe_max_keys: usize,
+    /// Also ship the hourly rollups into this ClickHouse (see [`crate::chsink`]).
+    pub clickhouse: Option<tokenmeter_aggregate::clickhouse::Target>,
+    /// Settings of the ClickHouse sink.
+    pub clickhouse_sink: crate::chsink::SinkOptions,
 }
 
 impl AggregatorConfig {
@@ -92,6 +96,8 @@ impl AggregatorConfig {
             kafka_extra: Vec::new(),
             progress_interval: Duration::from_secs(5),
             dedupe_max_keys: 4_000_000,
+            clickhouse: None,
+            clickhouse_sink: Default::default(),
         }
     }
 }
@@ -124,9 +130,24 @@ struct Ctx {
     lake: Arc<Lake>,
     topic: String,
     shared: Arc<Mutex<Assignment>>,
+    /// High watermark per partition of the topic, as the latest fetch responses report it
+    /// (librdkafka's statistics, every second).
+    high: Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(t) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut high = self.high.lock().expect("lock");
+        for (p, s) in &t.partitions {
+            if *p >= 0 && s.hi_offset >= 0 {
+                high.insert(*p, s.hi_offset);
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             // librdkafka reports partition ends as "global errors"; they are how idle is seen.
@@ -233,7 +254,8 @@ struct Batch {
     last: i64,
     messages: usize,
     events: Vec<PricedEvent>,
-    dlq: Vec<DeliveryFuture>,
+    /// Dead-letter deliveries in flight, with the source offset each one is for.
+    dlq: Vec<(i64, DeliveryFuture)>,
     dlq_reasons: BTreeMap<String, u64>,
     duplicates: u64,
     started: Instant,
@@ -251,7 +273,28 @@ struct PartitionState {
     resumed: bool,
     /// Re-reads from earlier offsets done to get past a broker that skipped the resume offset.
     rewinds: u32,
+    /// When this partition last made progress towards its resume offset (assigned, re-read
+    /// from earlier, or a message below it arrived).
+    resume_progress: Instant,
 }
+
+impl PartitionState {
+    /// Read again from an earlier offset (1k, 10k, 100k, 1M back), `None` once that was tried
+    /// [`MAX_REWINDS`] times.
+    fn rewind(&mut self) -> Option<i64> {
+        if self.rewinds >= MAX_REWINDS {
+            return None;
+        }
+        let back = 1_000i64 * 10i64.pow(self.rewinds);
+        self.rewinds += 1;
+        self.resume_progress = Instant::now();
+        Some((self.next - back).max(0))
+    }
+}
+
+/// How long a partition may wait for its resume offset while the broker reports messages at or
+/// after it, before it is read again from earlier.
+const RESUME_STALL: Duration = Duration::from_secs(3);
 
 /// Re-reads from ever earlier offsets (1k, 10k, 100k, 1M back) before a gap at the resume point
 /// is taken as offsets the broker does not have.
@@ -281,7 +324,9 @@ pub async fn run_aggregator(
         .set("queued.max.messages.kbytes", "65536")
         // Fetch a partition's oversized message whole: a broker that does not hand out a
         // message bigger than the fetch size (tansu) would otherwise stall the partition on it.
-        .set("fetch.message.max.bytes", "33554432");
+        .set("fetch.message.max.bytes", "33554432")
+        // Feeds the lag metric with the fetch responses' high watermarks.
+        .set("statistics.interval.ms", "1000");
     if let Some(id) = &cfg.instance_id {
         cc.set("group.instance.id", id);
     }
@@ -293,6 +338,7 @@ pub async fn run_aggregator(
         lake: lake.clone(),
         topic: cfg.topic.clone(),
         shared: shared.clone(),
+        high: Mutex::new(HashMap::new()),
     };
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
         cc.create_with_context(ctx)
@@ -311,7 +357,26 @@ pub async fn run_aggregator(
         .subscribe(&[&cfg.topic])
         .map_err(Error::kafka(format!("subscribing to {}", cfg.topic)))?;
 
+    let sink = match &cfg.clickhouse {
+        Some(t) => {
+            let ch = tokenmeter_aggregate::clickhouse::ClickHouse::new(t.clone())?;
+            let shared = shared.clone();
+            let owned: crate::chsink::Owned =
+                Arc::new(move || shared.lock().expect("lock").locks.clone());
+            info!(url = %t.url, table = %ch.parts_table(), "shipping hourly rollups to ClickHouse");
+            Some(crate::chsink::Sink::start(
+                ch,
+                lake.clone(),
+                cfg.topic.clone(),
+                owned,
+                metrics.clone(),
+                cfg.clickhouse_sink.clone(),
+            ))
+        }
+        None => None,
+    };
     let ctx = Loop {
+        sink: sink.as_ref(),
         cfg: &cfg,
         book: &book,
         lake: &lake,
@@ -360,6 +425,15 @@ pub async fn run_aggregator(
             Ok(Err(e)) => warn!(error = %e, "kafka error; the client retries by itself"),
             Err(_) => {} // tick
         }
+        // A resume offset inside the partition's *last* record batch: such a broker serves
+        // nothing at all, though its fetch responses report messages from there on.
+        for (p, off) in ctx.stalled_resumes(&consumer, &mut parts) {
+            if let Err(e) =
+                consumer.seek(&cfg.topic, p, Offset::Offset(off), Duration::from_secs(10))
+            {
+                warn!(partition = p, offset = off, error = %e, "seek failed; retried at the next check");
+            }
+        }
         // Flush batches that are full or old.
         let due: Vec<i32> = parts
             .iter()
@@ -377,7 +451,7 @@ pub async fn run_aggregator(
             let rate = (consumed - progress_base) as f64 / last_progress.elapsed().as_secs_f64();
             progress_base = consumed;
             last_progress = Instant::now();
-            let lags = lag(&consumer, &cfg.topic, &parts).await;
+            let lags = lag(&consumer, &parts);
             let lag: u64 = lags.values().sum();
             metrics.lag.store(lag, Relaxed);
             *metrics.partition_lag.lock().expect("metrics lock") = lags;
@@ -413,6 +487,10 @@ pub async fn run_aggregator(
     }
     // Offsets were committed asynchronously after each batch; make the last ones land.
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    let _ = ctx;
+    if let Some(sink) = sink {
+        sink.finish(Duration::from_secs(15)).await;
+    }
     Ok(RunSummary {
         committed_events: metrics.committed_events.load(Relaxed),
         dead_lettered: metrics.dead_lettered.load(Relaxed),
@@ -428,6 +506,7 @@ struct Loop<'a> {
     book: &'a PriceBook,
     lake: &'a Arc<Lake>,
     metrics: &'a Metrics,
+    sink: Option<&'a crate::chsink::Sink>,
     shared: &'a Mutex<Assignment>,
     producer: &'a FutureProducer,
 }
@@ -469,10 +548,41 @@ impl Loop<'_> {
                     dedupe: DedupeIndex::new(budget.max(10_000)),
                     resumed: false,
                     rewinds: 0,
+                    resume_progress: Instant::now(),
                 },
             );
         }
         Ok(())
+    }
+
+    /// Partitions waiting for their resume offset for [`RESUME_STALL`] while the latest fetch
+    /// responses report messages at or after it, with the earlier offset to read from instead.
+    fn stalled_resumes(
+        &self,
+        consumer: &StreamConsumer<Ctx>,
+        parts: &mut HashMap<i32, PartitionState>,
+    ) -> Vec<(i32, i64)> {
+        let high = consumer.context().high.lock().expect("lock");
+        let mut seeks = Vec::new();
+        for (p, s) in parts.iter_mut() {
+            if s.resumed
+                || s.resume_progress.elapsed() < RESUME_STALL
+                || high.get(p).is_none_or(|h| *h <= s.next)
+            {
+                continue;
+            }
+            if let Some(target) = s.rewind() {
+                warn!(
+                    partition = p,
+                    asked = s.next,
+                    high = high[p],
+                    rewind_to = target,
+                    "the broker serves nothing at the resume point though the partition holds messages from there on; re-reading from an earlier offset"
+                );
+                seeks.push((*p, target));
+            }
+        }
+        seeks
     }
 
     /// Handle one message; `Some((partition, offset))` asks the loop to seek there.
@@ -492,18 +602,18 @@ impl Loop<'_> {
         state.at_eof = false;
         if offset < state.next {
             debug!(partition = p, offset, "offset already committed; skipped");
+            state.resume_progress = Instant::now();
             return None;
         }
         if !state.resumed {
-            if offset > state.next && state.rewinds < MAX_REWINDS {
-                // The broker answered a fetch at `next` with later offsets. Kafka returns the
-                // record batch that contains `next`; a broker that serves whole batches from the
-                // first one *starting* at or after the offset (tansu 0.6 does) skips the rest of
-                // the batch `next` is in. Accepting would lose those events: read again from an
-                // earlier offset and skip up to `next` instead.
-                let back = 1_000i64 * 10i64.pow(state.rewinds);
-                let target = (state.next - back).max(0);
-                state.rewinds += 1;
+            // The broker answered a fetch at `next` with later offsets. Kafka returns the
+            // record batch that contains `next`; a broker that serves whole batches from the
+            // first one *starting* at or after the offset (tansu 0.6 does) skips the rest of
+            // the batch `next` is in. Accepting would lose those events: read again from an
+            // earlier offset and skip up to `next` instead.
+            if offset > state.next
+                && let Some(target) = state.rewind()
+            {
                 warn!(
                     partition = p,
                     asked = state.next,
@@ -576,13 +686,16 @@ impl Loop<'_> {
         };
         let (reason, err) = err;
         debug!(partition = p, offset, error = %err, "to the dead-letter topic");
-        batch.dlq.push(dead_letter(
-            self.producer,
-            &self.cfg.dlq_topic,
-            &self.cfg.topic,
-            msg,
-            &err,
-            &reason,
+        batch.dlq.push((
+            offset,
+            dead_letter(
+                self.producer,
+                &self.cfg.dlq_topic,
+                &self.cfg.topic,
+                msg,
+                &err,
+                &reason,
+            ),
         ));
         *batch.dlq_reasons.entry(reason).or_default() += 1;
         None
@@ -635,9 +748,17 @@ impl Loop<'_> {
         let t = Instant::now();
         // 1. Invalid messages are durably in the dead-letter topic before their offsets commit.
         let dlq_count = batch.dlq.len() as u64;
-        for f in batch.dlq {
+        for (offset, f) in batch.dlq {
             match f.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(d)) => {
+                    debug!(
+                        partition = p,
+                        offset,
+                        dlq_partition = d.partition,
+                        dlq_offset = d.offset,
+                        "dead letter delivered"
+                    )
+                }
                 Ok(Err((e, _))) => {
                     return Err(Error::Kafka {
                         context: format!("delivering to dead-letter topic {}", cfg.dlq_topic),
@@ -671,6 +792,14 @@ impl Loop<'_> {
                         ms = t.elapsed().as_millis() as u64,
                         "batch committed"
                     );
+                    if let Some(sink) = self.sink {
+                        sink.committed(crate::chsink::Committed {
+                            partition: p,
+                            first,
+                            last,
+                            files: report.files,
+                        });
+                    }
                     break;
                 }
                 Err(e @ tokenmeter_aggregate::Error::FailPoint(_)) => return Err(e.into()),
@@ -681,7 +810,14 @@ impl Loop<'_> {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     // A failed attempt may have left an intent or temporary files: recover first.
                     match self.lake.recover(&lock) {
-                        Ok(resume) if resume > last => break, // the intent was recorded: rolled forward
+                        Ok(resume) if resume > last => {
+                            // The intent was recorded: rolled forward. Which files it holds
+                            // is on disk only: the sink re-lists the lake.
+                            if let Some(sink) = self.sink {
+                                sink.resync();
+                            }
+                            break;
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             warn!(partition = p, error = %e, "recovery after a failed commit failed; retrying")
@@ -815,26 +951,16 @@ fn dead_letter(
     }
 }
 
-async fn lag(
-    consumer: &Arc<StreamConsumer<Ctx>>,
-    topic: &str,
-    parts: &HashMap<i32, PartitionState>,
-) -> BTreeMap<i32, u64> {
-    let positions: Vec<(i32, i64)> = parts.iter().map(|(p, s)| (*p, s.next)).collect();
-    let (c, topic) = (consumer.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        positions
-            .iter()
-            .filter_map(|(p, next)| {
-                let (_, high) = c
-                    .fetch_watermarks(&topic, *p, Duration::from_secs(1))
-                    .ok()?;
-                Some((*p, (high - next).max(0) as u64))
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+/// Consumer lag per partition: the high watermark of the latest fetch responses minus the next
+/// offset to read. Taken from librdkafka's statistics (no broker round trip) rather than a
+/// ListOffsets request, which tansu 0.6 answers with the base offset of its newest record batch
+/// plus one, short by the rest of that batch.
+fn lag(consumer: &StreamConsumer<Ctx>, parts: &HashMap<i32, PartitionState>) -> BTreeMap<i32, u64> {
+    let high = consumer.context().high.lock().expect("lock");
+    parts
+        .iter()
+        .filter_map(|(p, s)| Some((*p, (high.get(p)? - s.next).max(0) as u64)))
+        .collect()
 }
 
 /// Re-exported for the CLI: parse `TOKENMETER_FAILPOINT=name:n`.

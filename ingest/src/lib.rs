@@ -6,6 +6,7 @@
 //! (`tokenmeter-query`).
 
 pub mod aggregator;
+pub mod chsink;
 pub mod error;
 pub mod generate;
 pub mod kafka;

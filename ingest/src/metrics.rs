@@ -49,6 +49,17 @@ pub struct Metrics {
     pub dlq_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Consumer lag per partition at the last progress check.
     pub partition_lag: Mutex<BTreeMap<i32, u64>>,
+    /// ClickHouse sink: successful INSERTs, rows inserted, failed INSERT attempts.
+    pub ch_inserts: AtomicU64,
+    pub ch_rows: AtomicU64,
+    pub ch_failures: AtomicU64,
+    /// ClickHouse sink: committed lake batches not yet in ClickHouse.
+    pub ch_pending_batches: AtomicU64,
+    /// ClickHouse sink: offsets between the lake's commits and ClickHouse's, over the
+    /// partitions with batches still to ship.
+    pub ch_lag_messages: AtomicU64,
+    /// Whether a ClickHouse sink is configured (its metrics are only exposed then).
+    pub ch_enabled: std::sync::atomic::AtomicBool,
     flush_buckets: [AtomicU64; FLUSH_BUCKETS.len()],
     flush_count: AtomicU64,
     flush_micros: AtomicU64,
@@ -117,6 +128,33 @@ impl Metrics {
             "Date key sets read from the lake into the dedupe index.",
             self.dedupe_loads.load(Relaxed),
         );
+        if self.ch_enabled.load(Relaxed) {
+            counter(
+                "tokenmeter_clickhouse_inserts_total",
+                "INSERTs of rollup rows into ClickHouse that succeeded.",
+                self.ch_inserts.load(Relaxed),
+            );
+            counter(
+                "tokenmeter_clickhouse_rows_total",
+                "Rollup rows inserted into ClickHouse.",
+                self.ch_rows.load(Relaxed),
+            );
+            counter(
+                "tokenmeter_clickhouse_insert_failures_total",
+                "ClickHouse INSERT attempts that failed (retried with backoff).",
+                self.ch_failures.load(Relaxed),
+            );
+            let _ = writeln!(
+                o,
+                "# HELP tokenmeter_clickhouse_pending_batches Committed lake batches not yet in ClickHouse.\n# TYPE tokenmeter_clickhouse_pending_batches gauge\ntokenmeter_clickhouse_pending_batches {}",
+                self.ch_pending_batches.load(Relaxed)
+            );
+            let _ = writeln!(
+                o,
+                "# HELP tokenmeter_clickhouse_lag_messages Kafka offsets committed to the lake but not yet to ClickHouse.\n# TYPE tokenmeter_clickhouse_lag_messages gauge\ntokenmeter_clickhouse_lag_messages {}",
+                self.ch_lag_messages.load(Relaxed)
+            );
+        }
         let _ = writeln!(
             o,
             "# HELP tokenmeter_dedupe_keys Dedupe keys held in memory.\n# TYPE tokenmeter_dedupe_keys gauge\ntokenmeter_dedupe_keys {}",

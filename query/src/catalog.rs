@@ -82,6 +82,19 @@ pub async fn open_catalog(data_dir: &Path) -> Result<SessionContext> {
     open_with_store(Arc::new(CommittedStore::new(inner, committed))).await
 }
 
+/// Open the lake at `data_dir` as if `committed` were its commit states (a cut at or before
+/// the real ones: files of batches after it are not seen).
+pub async fn open_catalog_at(
+    data_dir: &Path,
+    committed: CommittedOffsets,
+) -> Result<SessionContext> {
+    let fs = LocalFileSystem::new_with_prefix(data_dir).map_err(|e| Error::LakeRoot {
+        path: data_dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    open_with_store(Arc::new(CommittedStore::new(Arc::new(fs), committed))).await
+}
+
 /// The session configuration: one target partition per core, Parquet filter pushdown (raw-event
 /// scans filter on `event_time` and `tenant_id`, which row-level pushdown makes cheaper), and an
 /// `information_schema` so `SHOW TABLES` works.

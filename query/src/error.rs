@@ -50,6 +50,22 @@ pub enum Error {
         instant: String,
     },
 
+    /// Reconciliation by local day needs every local midnight on a UTC hour.
+    #[error(
+        "reconcile compares hourly rollups, which hold whole UTC hours, but in {tz} the local day {date} starts at {instant}, inside a UTC hour; reconcile in UTC or in a zone with a whole-hour offset (e.g. --tz UTC)"
+    )]
+    ReconcileNeedsWholeHours {
+        tz: String,
+        date: chrono::NaiveDate,
+        instant: String,
+    },
+
+    /// A ClickHouse request failed.
+    #[error(
+        "ClickHouse: {context}: {message}; check --clickhouse-url and that `tokenmeter clickhouse init` ran"
+    )]
+    ClickHouse { context: String, message: String },
+
     /// A word of a report or output option was not recognised.
     #[error("unknown {what} {given:?}: expected one of {expected}")]
     UnknownOption {

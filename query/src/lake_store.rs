@@ -88,6 +88,16 @@ impl CommittedOffsets {
         Ok(Self(map))
     }
 
+    /// `committed_through` of a partition, if it has a state.
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Every ((topic, partition), committed_through).
+    pub fn iter(&self) -> impl Iterator<Item = (&(String, i32), &i64)> {
+        self.0.iter()
+    }
+
     /// Number of (topic, partition) states.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -7,6 +7,7 @@
 //! - [`sqlq`]: one read-only query at a time.
 //! - [`reports`]: cost by token type and agent share; SQL in `query/sql/`.
 //! - [`output`]: table, CSV, JSON and Parquet.
+//! - [`reconcile`]: raw events vs rollups vs ClickHouse, at one consistent cut.
 //!
 //! Not here: writing the lake (see `tokenmeter-aggregate`), the CLI (the `tokenmeter` binary).
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod lake_store;
 pub mod localtime;
 pub mod output;
+pub mod reconcile;
 pub mod reports;
 pub mod sqlq;
 

@@ -1,10 +1,11 @@
 //! The usage-event contract of tokenmeter: the CloudEvents JSON a gateway sends, its decoding and
 //! validation rules, the billable token buckets derived from it, and the Arrow schemas of the two
-//! tables the aggregator writes (raw events, hourly rollups).
+//! tables the aggregator writes (raw events, hourly rollups) and their ClickHouse DDL.
 //!
 //! This crate depends on no other tokenmeter crate and does no I/O: it is the contract, nothing
 //! more. Pricing lives in `tokenmeter-aggregate`, Kafka in `tokenmeter-ingest`.
 
+pub mod clickhouse;
 pub mod error;
 pub mod event;
 pub mod layout;

@@ -177,24 +177,6 @@ pub fn assert_lake_exact(lake: &Path, t: &Traffic) {
     assert_eq!(totals_of_rollups(lake), want, "per-tenant totals (rollups)");
 }
 
-/// Every invalid message is dead-lettered, nothing unexpected is, and the conflicting retries
-/// that are missing from the dead-letter topic are returned. OPEN BUG (issue 3 closing note):
-/// in the rebalance test about one conflicting retry in 75 goes neither to the lake nor to the
-/// dead-letter topic; until it is found, that test reports the count instead of failing.
-pub fn missing_conflicts(brokers: &str, dlq: &str, t: &Traffic) -> usize {
-    let got: HashSet<Vec<u8>> = read_topic(brokers, dlq, 1)
-        .into_iter()
-        .map(|m| m.payload)
-        .collect();
-    assert!(got.is_subset(&t.dead), "unexpected dead letters");
-    let missing: Vec<&Vec<u8>> = t.dead.difference(&got).collect();
-    assert!(
-        missing.iter().all(|p| t.conflict_payloads.contains(*p)),
-        "invalid messages missing from the dead-letter topic"
-    );
-    missing.len()
-}
-
 /// The dead-letter topic holds every invalid message and conflicting retry, and nothing else.
 pub fn assert_dead_letters(brokers: &str, dlq: &str, t: &Traffic) {
     let got: HashSet<Vec<u8>> = read_topic(brokers, dlq, 1)

@@ -97,15 +97,58 @@ pub fn consumer(brokers: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-/// High watermarks (message counts) per partition.
+/// High watermarks (message counts) per partition, as fetch responses report them.
+///
+/// Not `fetch_watermarks` (ListOffsets): tansu 0.6 answers ListOffsets(latest) with the base
+/// offset of its newest record batch plus one, short by the rest of that batch, so a reader
+/// trusting it misses the last messages. Fetches are exact: read from just before the listed end
+/// until every partition reports its end, and take the position reached there.
 pub fn high_watermarks(brokers: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let c = consumer(brokers, "watermarks");
+    use rdkafka::TopicPartitionList;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "watermarks")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut start = BTreeMap::new();
+    for p in 0..partitions {
+        let (_, listed) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        start.insert(p, (listed - 1).max(0));
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(start[&p]))
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut at_end = std::collections::BTreeSet::new();
+    let t = Instant::now();
+    while (at_end.len() as i32) < partitions {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{topic}: only partitions {at_end:?} reached their end in 60 s"
+        );
+        match c.poll(Duration::from_millis(500)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading the end of {topic}: {e}"),
+            Some(Ok(_)) | None => {}
+        }
+    }
+    let position = c.position().unwrap();
     (0..partitions)
         .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            (p, high)
+            let end = match position.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o,
+                // Nothing read: the partition is empty (a listed end above 0 has a message
+                // just below it).
+                Some(rdkafka::Offset::Invalid) => start[&p],
+                other => panic!("{topic}[{p}]: no position at its end: {other:?}"),
+            };
+            (p, end)
         })
         .collect()
 }
