@@ -26,7 +26,7 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "services: tansu (Kafka-compatible broker) on loopback"
+log "services: tansu (Kafka-compatible broker) and clickhouse-server on loopback"
 trap 'tests/services.sh down' EXIT
 eval "$(tests/services.sh up)"
 

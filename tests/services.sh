@@ -92,7 +92,7 @@ http_get() {
 }
 
 start_clickhouse() {
-  local d="$DIR/clickhouse"
+  local d="${1:-$DIR/clickhouse}"
   if [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
     log "clickhouse-server already running (pid $(cat "$d/pid")) on 127.0.0.1:$CH_HTTP_PORT"
     return
@@ -161,8 +161,15 @@ case "${1:-}" in
   env)
     print_env
     ;;
+  clickhouse-at)
+    # A private server for a test that stops and restarts it: clickhouse-at DIR HTTP_PORT TCP_PORT.
+    # Its config is DIR/config.xml and its pid DIR/pid; restart it with
+    # `clickhouse-server --config-file=DIR/config.xml` from DIR.
+    install_clickhouse
+    CH_HTTP_PORT=$3 CH_TCP_PORT=$4 start_clickhouse "$2"
+    ;;
   *)
-    echo "usage: $0 up|down|env" >&2
+    echo "usage: $0 up|down|env|clickhouse-at DIR HTTP_PORT TCP_PORT" >&2
     exit 2
     ;;
 esac

@@ -51,7 +51,7 @@ impl Default for SinkOptions {
     fn default() -> Self {
         SinkOptions {
             interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +97,7 @@ impl Sink {
             rescan: true,
             attempt: 0,
             initialized: false,
+            unsettled: None,
         };
         let task = tokio::spawn(task.run(stop.clone()));
         Sink {
@@ -154,6 +155,10 @@ struct Task {
     attempt: u64,
     /// Whether the tables were created (idempotent DDL, run once per process).
     initialized: bool,
+    /// An INSERT whose outcome is unknown (its answer was lost): nothing is read or shipped
+    /// until the server says it is no longer running. The locks of its partitions stay held
+    /// till then, so their next owner cannot read a position that INSERT may still move.
+    unsettled: Option<(String, Vec<Arc<PartitionLock>>)>,
 }
 
 impl Task {
@@ -230,6 +235,14 @@ impl Task {
         }
         if self.overflow.swap(false, Ordering::SeqCst) {
             self.rescan = true;
+        }
+        if let Some((q, _locks)) = &self.unsettled {
+            if self.ch.running(q).await? {
+                return Err(tokenmeter_aggregate::Error::Config(format!(
+                    "an earlier INSERT ({q}) is still running on the server; waiting for it to end before reading the sink's position"
+                )));
+            }
+            self.unsettled = None;
         }
         if !self.initialized {
             self.ch.init().await?;
@@ -337,18 +350,8 @@ impl Task {
         let res = self.ch.insert(&rows, &query_id, self.opts.timeout).await;
         if let Err(e) = res {
             // Its outcome is unknown until the server stops running it; then the progress is
-            // read again (the next step), so it is neither lost nor repeated.
-            let mut waited = 0;
-            while waited < 600 {
-                match self.ch.running(&query_id).await {
-                    Ok(false) => break,
-                    Ok(true) | Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        waited += 1;
-                    }
-                }
-            }
-            drop(held);
+            // read again (the next steps), so it is neither lost nor repeated.
+            self.unsettled = Some((query_id, held));
             return Err(e);
         }
         drop(held);

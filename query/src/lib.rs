@@ -7,11 +7,13 @@
 //! - [`sqlq`]: one read-only query at a time.
 //! - [`reports`]: cost by token type and agent share; SQL in `query/sql/`.
 //! - [`output`]: table, CSV, JSON and Parquet.
+//! - [`dashboards`]: the ClickHouse dashboard SQL of `query/sql/clickhouse/`.
 //! - [`reconcile`]: raw events vs rollups vs ClickHouse, at one consistent cut.
 //!
 //! Not here: writing the lake (see `tokenmeter-aggregate`), the CLI (the `tokenmeter` binary).
 
 pub mod catalog;
+pub mod dashboards;
 pub mod error;
 pub mod lake_store;
 pub mod localtime;

@@ -18,11 +18,11 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
-fn stop(a: Aggregator) {
+pub fn stop(a: Aggregator) {
     a.signal(libc::SIGTERM);
     let s = a.wait(Duration::from_secs(120));
     assert!(s.success(), "aggregator did not stop cleanly: {s}");
@@ -342,7 +342,7 @@ fn a_full_disk_stops_commits_until_space_returns_without_loss() {
     );
 }
 
-fn scrape(port: u16) -> String {
+pub fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -5,10 +5,12 @@
 //! - `pipeline`: generator → Kafka (librdkafka's mock cluster) → aggregator → lake, checked
 //!   against totals computed independently from the generated JSON; restart after a crash.
 //! - `reports`: reports from rollups equal reports from raw events.
+//! - `clickhouse`: the ClickHouse sink, reconcile and dashboards against the real server.
 //!
 //! `support` holds the independent oracle (cost computed with rust_decimal from the TOML).
 
 mod cli;
+mod clickhouse;
 mod contract;
 mod faults;
 mod lake;

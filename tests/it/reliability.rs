@@ -254,9 +254,16 @@ fn sigkill_loop_over_a_million_events_loses_nothing_and_doubles_nothing() {
     // static ones sometimes too); with Kafka the dead member would expire after its session
     // timeout.
     let groups: Vec<String> = (0..=20).map(|i| format!("crash-{i}")).collect();
+    // The ClickHouse sink is on: after every kill, ClickHouse must agree with the lake.
+    let (ch_url, ch_port) = (
+        crate::clickhouse::clickhouse_url(),
+        std::env::var("TOKENMETER_TEST_CLICKHOUSE_TCP_PORT").unwrap(),
+    );
+    let db = crate::clickhouse::unique_database("crash");
     let args_for = |run: usize| {
         let mut a = aggregate_args(&brokers, &topic, &dlq, &lake_s, &groups[run]);
         a.extend(["--flush-max-messages", "20000", "--flush-interval", "2"]);
+        a.extend(["--clickhouse-url", &ch_url, "--clickhouse-database", &db]);
         a
     };
     let mut rng = StdRng::seed_from_u64(7);
@@ -308,8 +315,12 @@ fn sigkill_loop_over_a_million_events_loses_nothing_and_doubles_nothing() {
         );
         kills += 1;
         by_point += usize::from(!fp.is_empty());
-        // After every kill: nothing torn or temporary is visible to queries.
+        // After every kill: nothing torn or temporary is visible to queries, and ClickHouse
+        // agrees with the lake's raw events and rollups up to the last batch it holds (it may
+        // lag, never differ).
         assert_table_files_valid(&lake);
+        let (ok, text) = crate::clickhouse::reconcile(&lake, &ch_url, &db, true);
+        assert!(ok, "after kill {kills}: {text}");
     }
     let killed_for = started.elapsed();
 
@@ -327,6 +338,14 @@ fn sigkill_loop_over_a_million_events_loses_nothing_and_doubles_nothing() {
     assert!(assert_ranges_disjoint(&lake, &topic) > 0);
     assert_lake_exact(&lake, &t);
     assert_dead_letters(&brokers, &dlq, &t);
+    // ClickHouse caught up (the last run ships what is left before it exits) and is exact.
+    let (ok, text) = crate::clickhouse::reconcile(&lake, &ch_url, &db, false);
+    assert!(ok, "final reconcile: {text}");
+    assert_eq!(
+        crate::clickhouse::clickhouse_totals(&ch_port, &db),
+        normalized(expected(&t.valid, &Book::load(PRICES))),
+        "ClickHouse per-tenant totals after 20 SIGKILLs"
+    );
     let log_text = std::fs::read_to_string(&log).unwrap();
     let fail_points = log_text.matches("fail point reached: SIGKILL").count();
     assert!(
