@@ -376,6 +376,16 @@ pub fn count_lines(path: &Path, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
+impl Drop for Aggregator {
+    /// A test that fails half-way must not leave its aggregator running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A private tansu broker (its own port and sqlite file), for tests that stop the broker.
 pub struct PrivateBroker {
     dir: PathBuf,
