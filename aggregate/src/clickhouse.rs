@@ -99,11 +99,7 @@ fn ch_err(context: impl Into<String>) -> impl FnOnce(clickhouse::error::Error) -
 /// A database or table name: letters, digits and `_`, not starting with a digit — spliced into
 /// SQL, so nothing else is accepted.
 pub fn check_identifier(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
+    if tokenmeter_schemas::clickhouse::is_plain_identifier(name) {
         Ok(())
     } else {
         Err(Error::Config(format!(

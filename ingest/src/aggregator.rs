@@ -487,7 +487,6 @@ pub async fn run_aggregator(
     }
     // Offsets were committed asynchronously after each batch; make the last ones land.
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    let _ = ctx;
     if let Some(sink) = sink {
         sink.finish(Duration::from_secs(15)).await;
     }

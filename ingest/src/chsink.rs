@@ -287,49 +287,38 @@ impl Task {
             now.contains(p) && progress.get(p).is_none_or(|done| first > done)
         });
         self.update_lag(&progress);
-        // Whole batches, in offset order per partition, up to the row cap.
-        let mut chosen: Vec<(i32, i64)> = Vec::new();
-        let mut files: Vec<RollupFile> = Vec::new();
-        let mut budget_files = 0usize;
-        for (key, fs) in &self.pending {
-            // A cheap bound before reading: rows are counted after reading below.
-            if budget_files > 2_000 {
-                break;
-            }
-            chosen.push(*key);
-            files.extend(fs.iter().cloned());
-            budget_files += fs.len();
-        }
-        if chosen.is_empty() {
+        // Whole batches, in offset order per partition, up to the row cap. Files are read
+        // batch by batch and the reading stops at the first batch that does not fit (it waits
+        // for the next INSERT), so at most one batch is read for nothing.
+        if self.pending.is_empty() {
             return Ok(false);
         }
+        let batches: Vec<Vec<RollupFile>> = self.pending.values().cloned().collect();
         let root: PathBuf = self.lake.root().to_path_buf();
-        let by_batch: Vec<((i32, i64), Vec<RollupRow>)> = {
-            let (chosen, files) = (chosen.clone(), files.clone());
-            tokio::task::spawn_blocking(move || -> tokenmeter_aggregate::Result<_> {
-                let mut out = Vec::new();
-                for key in chosen {
-                    let mut rows = Vec::new();
-                    for f in files.iter().filter(|f| (f.id.partition, f.id.first) == key) {
-                        rows.extend(read_rollup_file(&root, f)?);
+        let (rows, shipped) = tokio::task::spawn_blocking(
+            move || -> tokenmeter_aggregate::Result<(Vec<RollupRow>, Vec<FileId>)> {
+                let mut rows: Vec<RollupRow> = Vec::new();
+                let mut shipped = Vec::new();
+                for files in batches {
+                    let mut batch = Vec::new();
+                    for f in &files {
+                        batch.extend(read_rollup_file(&root, f)?);
                     }
-                    out.push((key, rows));
+                    if !rows.is_empty() && rows.len() + batch.len() > MAX_INSERT_ROWS {
+                        break;
+                    }
+                    shipped.push(files[0].id.clone());
+                    rows.extend(batch);
                 }
-                Ok(out)
-            })
-            .await
-            .expect("reading task panicked")?
-        };
-        let mut rows: Vec<RollupRow> = Vec::new();
-        let mut shipped: Vec<(i32, i64, i64)> = Vec::new();
-        for (key, r) in by_batch {
-            if !rows.is_empty() && rows.len() + r.len() > MAX_INSERT_ROWS {
-                break;
-            }
-            let last = r.first().map(|x| x.batch_last).unwrap_or(key.1);
-            rows.extend(r);
-            shipped.push((key.0, key.1, last));
-        }
+                Ok((rows, shipped))
+            },
+        )
+        .await
+        .expect("reading task panicked")?;
+        let shipped: Vec<(i32, i64, i64)> = shipped
+            .iter()
+            .map(|id| (id.partition, id.first, id.last))
+            .collect();
         // Hold the locks of the shipped partitions through the INSERT.
         let held: Vec<Arc<PartitionLock>> = shipped
             .iter()

@@ -66,19 +66,8 @@ pub async fn open_catalog(data_dir: &Path) -> Result<SessionContext> {
                 message: "it is not a directory; pass the aggregator's data directory".into(),
             });
         }
-        Ok(_) => {
-            let fs = LocalFileSystem::new_with_prefix(data_dir).map_err(|e| Error::LakeRoot {
-                path: data_dir.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            (Arc::new(fs), CommittedOffsets::read(data_dir)?)
-        }
+        Ok(_) => return open_catalog_at(data_dir, CommittedOffsets::read(data_dir)?).await,
     };
-    tracing::debug!(
-        path = %data_dir.display(),
-        partitions = committed.len(),
-        "opened the lake's commit states"
-    );
     open_with_store(Arc::new(CommittedStore::new(inner, committed))).await
 }
 
@@ -88,6 +77,11 @@ pub async fn open_catalog_at(
     data_dir: &Path,
     committed: CommittedOffsets,
 ) -> Result<SessionContext> {
+    tracing::debug!(
+        path = %data_dir.display(),
+        partitions = committed.len(),
+        "opened the lake's commit states"
+    );
     let fs = LocalFileSystem::new_with_prefix(data_dir).map_err(|e| Error::LakeRoot {
         path: data_dir.to_path_buf(),
         message: e.to_string(),

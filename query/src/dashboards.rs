@@ -52,23 +52,13 @@ pub struct Dashboard {
 /// A range as UTC seconds: [start, end).
 pub type Range = (u32, u32);
 
-fn plain(name: &str) -> bool {
-    !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-}
-
-fn ch(what: &str) -> impl FnOnce(clickhouse::error::Error) -> Error + '_ {
-    move |e| Error::ClickHouse {
-        context: what.to_string(),
-        message: e.to_string(),
-    }
-}
-
 impl Dashboard {
     /// Dashboards over `database.table_parts`.
     pub fn new(database: &str, table: &str) -> Result<Self> {
-        if !plain(database) || !plain(table) {
+        if ![database, table]
+            .iter()
+            .all(|n| tokenmeter_schemas::clickhouse::is_plain_identifier(n))
+        {
             return Err(Error::UnknownOption {
                 what: "ClickHouse database or table",
                 given: format!("{database}.{table}"),
@@ -105,7 +95,7 @@ impl Dashboard {
             .bind(end)
             .fetch_all()
             .await
-            .map_err(ch("cost by day"))
+            .map_err(Error::clickhouse("cost by day"))
     }
 
     pub async fn cost_by_model(
@@ -147,6 +137,6 @@ impl Dashboard {
             .bind(end)
             .fetch_all()
             .await
-            .map_err(ch(what))
+            .map_err(Error::clickhouse(what))
     }
 }

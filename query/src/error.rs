@@ -108,5 +108,15 @@ pub enum Error {
     Parquet(#[from] ParquetError),
 }
 
+impl Error {
+    /// Map a ClickHouse client error, saying what was being done.
+    pub fn clickhouse(context: &str) -> impl FnOnce(clickhouse::error::Error) -> Error + '_ {
+        move |e| Error::ClickHouse {
+            context: context.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -211,13 +211,6 @@ struct ChSums {
     cost: Option<i128>,
 }
 
-fn ch_err(context: &str) -> impl FnOnce(clickhouse::error::Error) -> Error + '_ {
-    move |e| Error::ClickHouse {
-        context: context.to_string(),
-        message: e.to_string(),
-    }
-}
-
 /// Compare the three sources over `params`.
 pub async fn reconcile(
     data_dir: &Path,
@@ -254,7 +247,7 @@ pub async fn reconcile(
         ))
         .fetch_all()
         .await
-        .map_err(ch_err("reading the sink's progress"))?;
+        .map_err(Error::clickhouse("reading the sink's progress"))?;
     let ch_progress: BTreeMap<(String, i32), i64> = progress
         .into_iter()
         .map(|p| ((p.src_topic, p.src_partition), p.last))
@@ -318,7 +311,7 @@ pub async fn reconcile(
     let rows: Vec<ChSums> = q
         .fetch_all()
         .await
-        .map_err(ch_err("summing the ClickHouse rollups"))?;
+        .map_err(Error::clickhouse("summing the ClickHouse rollups"))?;
     let mut clickhouse = BTreeMap::new();
     for r in rows {
         let hour = Utc

@@ -27,7 +27,7 @@ pub fn clickhouse_url() -> String {
     })
 }
 
-fn tcp_port() -> String {
+pub fn tcp_port() -> String {
     std::env::var("TOKENMETER_TEST_CLICKHOUSE_TCP_PORT")
         .expect("TOKENMETER_TEST_CLICKHOUSE_TCP_PORT: run `eval \"$(tests/services.sh up)\"`")
 }

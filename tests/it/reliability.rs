@@ -257,7 +257,7 @@ fn sigkill_loop_over_a_million_events_loses_nothing_and_doubles_nothing() {
     // The ClickHouse sink is on: after every kill, ClickHouse must agree with the lake.
     let (ch_url, ch_port) = (
         crate::clickhouse::clickhouse_url(),
-        std::env::var("TOKENMETER_TEST_CLICKHOUSE_TCP_PORT").unwrap(),
+        crate::clickhouse::tcp_port(),
     );
     let db = crate::clickhouse::unique_database("crash");
     let args_for = |run: usize| {
