@@ -29,6 +29,19 @@ pub enum Error {
         #[source]
         source: clickhouse::error::Error,
     },
+    /// No exchange rate converts a currency into another on a day.
+    #[error(
+        "no exchange rate {from}→{to} in force on {date}: add an [[fx]] entry with from = \"{from}\", to = \"{to}\" and an effective date on or before {date} to {origin}"
+    )]
+    MissingFx {
+        from: String,
+        to: String,
+        date: chrono::NaiveDate,
+        origin: String,
+    },
+    /// Usage cannot be rated (no price, mixed prices, an amount out of range).
+    #[error("{0}")]
+    Billing(String),
     /// A setting is not usable as given.
     #[error("{0}")]
     Config(String),

@@ -1,6 +1,7 @@
 //! Pricing, rollups and the exactly-once Parquet lake.
 //!
 //! - [`prices`]: the price book (TOML) and exact cost arithmetic — pure.
+//! - [`billing`]: rating usage by a tenant's contract into invoice lines — pure.
 //! - [`rollup`]: the hourly rollup fold — pure.
 //! - [`dedupe`]: retry dedupe keys, content fingerprints and the per-partition index — pure.
 //! - [`lake`]: the Parquet sink and the commit protocol that makes it exactly-once (see
@@ -12,6 +13,7 @@
 //!
 //! Not here: Kafka (see `tokenmeter-ingest`) and queries (see `tokenmeter-query`).
 
+pub mod billing;
 pub mod clickhouse;
 pub mod dedupe;
 pub mod error;

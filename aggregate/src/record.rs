@@ -54,7 +54,7 @@ impl PricedEvent {
         let price = book
             .lookup(&event.data.provider, &event.data.model, time)
             .map(|e| Applied {
-                currency: book.currency.clone(),
+                currency: e.currency.clone(),
                 effective_from: e.effective_from,
                 costs: e.rates.costs(&buckets),
             });
