@@ -185,6 +185,22 @@ fn staged(root: &Path, topic: &str, partition: i32, rel: &str) -> PathBuf {
     tmp_of(&staging_dir(root, topic, partition).join(rel))
 }
 
+/// Write `batch` as a Parquet file at `path` atomically, with the lake's default settings:
+/// a temp file next to it (`*.tmp`, which no reader lists), fsync, rename, fsync the directory.
+/// For files outside the per-partition commit protocol (restatements), which are published by
+/// a record written after them.
+pub fn write_file_atomic(path: &Path, batch: &arrow::array::RecordBatch) -> Result<()> {
+    let lake = Lake {
+        root: path.parent().expect("file has a parent").to_path_buf(),
+        opts: LakeOptions::default(),
+        commits: std::sync::atomic::AtomicU64::new(0),
+    };
+    let tmp = tmp_of(path);
+    lake.write_parquet(&tmp, batch)?;
+    fs::rename(&tmp, path).map_err(Error::io("rename", path))?;
+    fsync_dir(path.parent().expect("file has a parent"))
+}
+
 impl Lake {
     /// Open (creating if needed) the lake at `root`.
     pub fn open(root: impl Into<PathBuf>, opts: LakeOptions) -> Result<Self> {

@@ -19,8 +19,9 @@
 //!
 //! Not here: what may be run against the catalog (see [`crate::sqlq`]) and the reports.
 
-use crate::lake_store::{CommittedOffsets, CommittedStore};
+use crate::lake_store::{CommittedOffsets, CommittedStore, Restated};
 use crate::{Error, Result};
+use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -45,10 +46,25 @@ pub const DATE_COLUMN: &str = "date";
 /// The `usage_hourly` view's query.
 pub const USAGE_HOURLY_SQL: &str = include_str!("../sql/usage_hourly.sql");
 
-/// Open the lake at `data_dir` (the aggregator's output directory) for queries.
+/// Which state of the lake a catalog shows.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Apply only restatements created at or before this time (`--as-of`); `None`: the latest.
+    pub as_of: Option<DateTime<Utc>>,
+    /// Show the lake as committed at this cut (e.g. a closed month's); `None`: as committed now.
+    pub cut: Option<CommittedOffsets>,
+}
+
+/// Open the lake at `data_dir` (the aggregator's output directory) for queries, with its latest
+/// restatements.
 ///
 /// The commit states are read now: later commits are not seen by this context (open a new one).
 pub async fn open_catalog(data_dir: &Path) -> Result<SessionContext> {
+    open_view(data_dir, View::default()).await
+}
+
+/// Open the lake at `data_dir` in the state `view` names: a cut and the restatements in force.
+pub async fn open_view(data_dir: &Path, view: View) -> Result<SessionContext> {
     let (inner, committed): (Arc<dyn ObjectStore>, CommittedOffsets) = match data_dir.metadata() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::debug!(path = %data_dir.display(), "no lake yet: the tables are empty");
@@ -66,13 +82,26 @@ pub async fn open_catalog(data_dir: &Path) -> Result<SessionContext> {
                 message: "it is not a directory; pass the aggregator's data directory".into(),
             });
         }
-        Ok(_) => return open_catalog_at(data_dir, CommittedOffsets::read(data_dir)?).await,
+        Ok(_) => {
+            let committed = match view.cut {
+                Some(c) => c,
+                None => CommittedOffsets::read(data_dir)?,
+            };
+            let (restated, _) = Restated::read(data_dir, view.as_of, Some(&committed))?;
+            let fs = LocalFileSystem::new_with_prefix(data_dir).map_err(|e| Error::LakeRoot {
+                path: data_dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            let store = CommittedStore::with_restated(Arc::new(fs), committed, restated);
+            return open_with_store(Arc::new(store)).await;
+        }
     };
     open_with_store(Arc::new(CommittedStore::new(inner, committed))).await
 }
 
 /// Open the lake at `data_dir` as if `committed` were its commit states (a cut at or before
-/// the real ones: files of batches after it are not seen).
+/// the real ones: files of batches after it are not seen), with the original pricing: no
+/// restatement applies (what the ClickHouse sink ships, so reconcile compares like with like).
 pub async fn open_catalog_at(
     data_dir: &Path,
     committed: CommittedOffsets,

@@ -96,6 +96,12 @@ pub enum Error {
     },
 
     /// DataFusion failed to plan or run a query.
+    /// A period (month, close, restatement range) cannot be used as asked.
+    #[error("{0}")]
+    Period(String),
+    /// Pricing or rating failed.
+    #[error("{0}")]
+    Pricing(#[from] tokenmeter_aggregate::Error),
     #[error("query failed: {0}")]
     DataFusion(#[from] DataFusionError),
 

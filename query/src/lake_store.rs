@@ -8,10 +8,15 @@
 //! runs. Hidden: temp files (`*.tmp`), files of partitions without a state, files past the
 //! committed offset, and any name the aggregator does not write.
 //!
+//! A view may apply restatements ([`Restated`]): for a restated UTC date it shows the
+//! restatement's files (`*.r{generation}.parquet`) in place of the originals at or below the
+//! restatement's cut, and the originals after the cut (committed later) as they are.
+//!
 //! Not here: table definitions (see [`crate::catalog`]).
 
 use crate::{Error, Result};
 use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{
     self, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -19,11 +24,13 @@ use datafusion::object_store::{
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use tokenmeter_schemas::layout::{FileId, PartitionState, STATE_DIR, TMP_SUFFIX};
+use tokenmeter_schemas::layout::{
+    FileId, PartitionState, RESTATEMENTS_DIR, Restatement, STATE_DIR, TMP_SUFFIX,
+};
 
 /// Newest commit-state version this reader understands.
 pub const MAX_STATE_VERSION: u32 = 1;
@@ -149,23 +156,169 @@ fn read_state(path: &std::path::Path) -> Result<PartitionState> {
     Ok(state)
 }
 
+/// The restatements a view applies: per UTC date, the generation in force and its cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restated(BTreeMap<NaiveDate, (u32, Arc<HashMap<(String, i32), i64>>)>);
+
+impl Restated {
+    /// The committed restatements of the lake at `root`, oldest first, keeping those created at
+    /// or before `as_of` and, with `within`, those whose cut is at or below it (a view at an
+    /// earlier cut must not show rows of batches after it). A missing directory means none.
+    pub fn read(
+        root: &std::path::Path,
+        as_of: Option<DateTime<Utc>>,
+        within: Option<&CommittedOffsets>,
+    ) -> Result<(Self, Vec<Restatement>)> {
+        let mut all = read_restatements(root)?;
+        all.retain(|r| {
+            as_of.is_none_or(|t| r.created_at <= t)
+                && within.is_none_or(|c| {
+                    r.cut.iter().all(|e| {
+                        c.get(&e.topic, e.partition)
+                            .is_some_and(|t| e.committed_through <= t)
+                    })
+                })
+        });
+        let mut map = BTreeMap::new();
+        for r in &all {
+            let cut: Arc<HashMap<(String, i32), i64>> = Arc::new(
+                r.cut
+                    .iter()
+                    .map(|e| ((e.topic.clone(), e.partition), e.committed_through))
+                    .collect(),
+            );
+            let mut d = r.from;
+            while d < r.to {
+                map.insert(d, (r.generation, Arc::clone(&cut)));
+                d = d.succ_opt().expect("date in range");
+            }
+        }
+        Ok((Self(map), all))
+    }
+
+    /// Whether no date is restated.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The generation and cut in force for `date`.
+    pub fn for_date(&self, date: NaiveDate) -> Option<(u32, &HashMap<(String, i32), i64>)> {
+        self.0.get(&date).map(|(g, c)| (*g, c.as_ref()))
+    }
+}
+
+/// Every committed restatement manifest of the lake, by generation.
+pub fn read_restatements(root: &std::path::Path) -> Result<Vec<Restatement>> {
+    let dir = root.join(RESTATEMENTS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::LakeState {
+                path: dir,
+                message: e.to_string(),
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Error::LakeState {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if stem.len() != 6 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue; // intents and temp files
+        }
+        let err = |message: String| Error::LakeState {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let r: Restatement = serde_json::from_str(&text)
+            .map_err(|e| err(format!("not a restatement manifest: {e}")))?;
+        out.push(r);
+    }
+    out.sort_by_key(|r| r.generation);
+    Ok(out)
+}
+
+/// The UTC date of a data file, from its `date=YYYY-MM-DD` directory.
+fn date_of(location: &Path) -> Option<NaiveDate> {
+    location.parts().find_map(|p| {
+        p.as_ref()
+            .strip_prefix("date=")
+            .and_then(|d| d.parse().ok())
+    })
+}
+
+/// Whether `location` is visible: a committed original not replaced by the restatement of its
+/// date, or a file of that restatement.
+fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Path) -> bool {
+    if restated.is_empty() {
+        return committed.is_visible(location);
+    }
+    let Some(name) = location.filename() else {
+        return false;
+    };
+    if name.ends_with(TMP_SUFFIX) {
+        return false;
+    }
+    let Some((id, generation)) = FileId::parse_any(name) else {
+        return false;
+    };
+    let Some(through) = committed.get(&id.topic, id.partition) else {
+        return false;
+    };
+    if id.last > through {
+        return false;
+    }
+    match (
+        date_of(location).and_then(|d| restated.for_date(d)),
+        generation,
+    ) {
+        (None, None) => true,
+        (None, Some(_)) => false,
+        (Some((_, cut)), None) => cut
+            .get(&(id.topic.clone(), id.partition))
+            .is_none_or(|&c| id.first > c),
+        (Some((g, _)), Some(f)) => g == f,
+    }
+}
+
 /// A read-only object store that shows only committed data files of `inner`.
 #[derive(Debug)]
 pub struct CommittedStore {
     inner: Arc<dyn ObjectStore>,
     committed: Arc<CommittedOffsets>,
+    restated: Arc<Restated>,
 }
 
 impl CommittedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, committed: CommittedOffsets) -> Self {
+        Self::with_restated(inner, committed, Restated::default())
+    }
+
+    /// A view that also applies restatements.
+    pub fn with_restated(
+        inner: Arc<dyn ObjectStore>,
+        committed: CommittedOffsets,
+        restated: Restated,
+    ) -> Self {
         Self {
             inner,
             committed: Arc::new(committed),
+            restated: Arc::new(restated),
         }
     }
 
     fn check(&self, location: &Path) -> object_store::Result<()> {
-        if self.committed.is_visible(location) {
+        if visible(&self.committed, &self.restated, location) {
             Ok(())
         } else {
             Err(object_store::Error::NotFound {
@@ -234,11 +387,12 @@ impl ObjectStore for CommittedStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let committed = Arc::clone(&self.committed);
+        let restated = Arc::clone(&self.restated);
         self.inner
             .list(prefix)
             .filter(move |m| {
                 let keep = match m {
-                    Ok(m) => committed.is_visible(&m.location),
+                    Ok(m) => visible(&committed, &restated, &m.location),
                     Err(_) => true,
                 };
                 futures::future::ready(keep)
@@ -252,11 +406,12 @@ impl ObjectStore for CommittedStore {
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let committed = Arc::clone(&self.committed);
+        let restated = Arc::clone(&self.restated);
         self.inner
             .list_with_offset(prefix, offset)
             .filter(move |m| {
                 let keep = match m {
-                    Ok(m) => committed.is_visible(&m.location),
+                    Ok(m) => visible(&committed, &restated, &m.location),
                     Err(_) => true,
                 };
                 futures::future::ready(keep)
@@ -268,7 +423,7 @@ impl ObjectStore for CommittedStore {
         let mut result = self.inner.list_with_delimiter(prefix).await?;
         result
             .objects
-            .retain(|m| self.committed.is_visible(&m.location));
+            .retain(|m| visible(&self.committed, &self.restated, &m.location));
         Ok(result)
     }
 

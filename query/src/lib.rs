@@ -6,6 +6,9 @@
 //!   committed Parquet files (via [`lake_store`]), partitioned by `date`.
 //! - [`sqlq`]: one read-only query at a time.
 //! - [`reports`]: cost by token type and agent share; SQL in `query/sql/`.
+//! - [`invoice`]: invoices (rated by tenant contracts) and adjustments of closed months.
+//! - [`periods`]: closed months and the windows their late events fall in.
+//! - [`reprice`]: restating a period's cost from the raw events with another price book.
 //! - [`output`]: table, CSV, JSON and Parquet.
 //! - [`dashboards`]: the ClickHouse dashboard SQL of `query/sql/clickhouse/`.
 //! - [`reconcile`]: raw events vs rollups vs ClickHouse, at one consistent cut.
@@ -15,11 +18,14 @@
 pub mod catalog;
 pub mod dashboards;
 pub mod error;
+pub mod invoice;
 pub mod lake_store;
 pub mod localtime;
 pub mod output;
+pub mod periods;
 pub mod reconcile;
 pub mod reports;
+pub mod reprice;
 pub mod sqlq;
 
 #[cfg(test)]

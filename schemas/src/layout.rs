@@ -8,6 +8,9 @@
 //! DIR/_state/{topic}/p{partition}.json            commit state of one Kafka partition
 //! DIR/_state/{topic}/p{partition}.lock            flock held by the partition's one writer
 //! DIR/_staging/{topic}/p{partition}/…/*.parquet.tmp  files being written (never read)
+//! DIR/{events,rollups/hourly}/date=…/{…}.r{generation:06}.parquet  restated files
+//! DIR/_restatements/{generation:06}.json          a committed restatement (its audit record)
+//! DIR/_closes/YYYY-MM.json                        a closed month
 //! ```
 //! A data file is committed iff its `last` offset ≤ the `committed_through` offset of its
 //! partition's state. Readers must list only committed files (see ARCHITECTURE.md).
@@ -63,6 +66,97 @@ impl FileId {
             last,
         })
     }
+}
+
+impl FileId {
+    /// The name of this batch range's file in restatement `generation`:
+    /// `{topic}-p{partition}-{first:020}-{last:020}.r{generation:06}.parquet`.
+    pub fn restated_name(&self, generation: u32) -> String {
+        format!(
+            "{}-p{}-{:020}-{:020}.r{generation:06}.parquet",
+            self.topic, self.partition, self.first, self.last
+        )
+    }
+
+    /// Parse an original (`None`) or restated (`Some(generation)`) data file name.
+    pub fn parse_any(name: &str) -> Option<(FileId, Option<u32>)> {
+        if let Some(id) = FileId::parse(name) {
+            return Some((id, None));
+        }
+        let stem = name.strip_suffix(".parquet")?;
+        let (base, generation) = stem.rsplit_once(".r")?;
+        if generation.len() != 6 || !generation.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let id = FileId::parse(&format!("{base}.parquet"))?;
+        Some((id, Some(generation.parse().ok()?)))
+    }
+}
+
+/// Directory of restatement manifests (`{generation:06}.json`) and intents
+/// (`{generation:06}.intent.json`) under the lake root.
+pub const RESTATEMENTS_DIR: &str = "_restatements";
+/// Directory of period closes (`YYYY-MM.json`) under the lake root.
+pub const CLOSES_DIR: &str = "_closes";
+
+/// The committed offset of one partition at a cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutEntry {
+    pub topic: String,
+    pub partition: i32,
+    pub committed_through: i64,
+}
+
+/// Old and new cost of one tenant in one currency, in a restatement's audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestatedTotal {
+    pub tenant_id: String,
+    /// `None`: unpriced usage.
+    pub currency: Option<String>,
+    pub events: i64,
+    /// Decimal strings, scale 12; `None` where nothing was priced.
+    pub old_cost: Option<String>,
+    pub new_cost: Option<String>,
+}
+
+/// A committed restatement (`_restatements/{generation:06}.json`): the raw events of the UTC
+/// dates `[from, to)` repriced, with their rollups, as files named `*.r{generation:06}.parquet`
+/// next to the originals. For those dates readers show this generation's files in place of every
+/// original file at or below `cut` (files after the cut, committed later, stay visible).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restatement {
+    pub version: u32,
+    pub generation: u32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub created_by: String,
+    /// The price book: where it was read from and its XXH3-128.
+    pub prices_path: String,
+    pub prices_hash: String,
+    pub from: chrono::NaiveDate,
+    /// Exclusive.
+    pub to: chrono::NaiveDate,
+    pub cut: Vec<CutEntry>,
+    /// Paths of the generation's files, relative to the lake root.
+    pub files: Vec<String>,
+    pub totals: Vec<RestatedTotal>,
+}
+
+/// A closed month (`_closes/YYYY-MM.json`): its invoices are frozen at `cut`; events of the month
+/// committed after it are adjustments of the next open month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Close {
+    pub version: u32,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// IANA time zone whose midnights bound the month.
+    pub tz: String,
+    pub closed_at: chrono::DateTime<chrono::Utc>,
+    pub closed_by: String,
+    pub cut: Vec<CutEntry>,
 }
 
 /// Relative path of a partition's commit state.
@@ -124,5 +218,8 @@ mod tests {
         assert_eq!(FileId::parse(&id.file_name()), Some(id));
         assert_eq!(FileId::parse("x.parquet"), None);
         assert_eq!(FileId::parse("-p1-1-2.parquet"), None);
+        assert_eq!(FileId::parse_any(&id.file_name()), Some((id.clone(), None)));
+        assert_eq!(FileId::parse(&id.restated_name(3)), None);
+        assert_eq!(FileId::parse_any(&id.restated_name(3)), Some((id, Some(3))));
     }
 }

@@ -1,0 +1,405 @@
+//! Repricing: recompute the cost of the UTC dates `[from, to)` from the raw events (the source
+//! of truth) with a price book, and publish the result as a restatement — new raw-event and
+//! rollup files named `*.r{generation:06}.parquet` next to the originals, made visible at once
+//! by a manifest (`_restatements/{generation:06}.json`) that is also the audit record: who,
+//! when, which book (path and hash), the cut, old and new totals per tenant and currency.
+//!
+//! - **Atomic:** files are written (temp, fsync, rename) before the manifest; readers show a
+//!   generation's files only once its manifest exists. An intent record written first lets the
+//!   next run delete the files of a run that crashed, whose generation number is never reused.
+//! - **Idempotent:** repricing with the book that priced the data changes no cost, and then
+//!   nothing is written.
+//! - **Consistent with the aggregator running:** the restatement covers the batches committed
+//!   at its cut; batches committed later keep their own pricing and stay visible.
+//! - **Closed months are refused:** their invoices are frozen.
+//!
+//! Not here: reading with restatements applied (see [`crate::lake_store::Restated`]).
+
+use crate::catalog::{View, open_view};
+use crate::lake_store::{CommittedOffsets, read_restatements};
+use crate::periods::{cut_entries, read_closes, touches_closed, write_atomic};
+use crate::sqlq::read_only_options;
+use crate::{Error, Result};
+use chrono::{DateTime, NaiveDate, Utc};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Builder, Int32Array, Int64Array, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use datafusion::common::ScalarValue;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tokenmeter_aggregate::PriceBook;
+use tokenmeter_aggregate::prices::{Money, format_money};
+use tokenmeter_aggregate::record::rollup_batch;
+use tokenmeter_aggregate::rollup::{RollupKey, RollupValue, hour_of};
+use tokenmeter_schemas::layout::{
+    EVENTS_DIR, FileId, RESTATEMENTS_DIR, ROLLUPS_DIR, RestatedTotal, Restatement, date_dir,
+};
+use tokenmeter_schemas::tables::{COST_PRECISION, COST_SCALE, EVENTS_SCHEMA};
+
+/// What a reprice did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repriced {
+    /// The book prices every event of the range as the lake already does: nothing written.
+    NoChange { events: i64 },
+    /// A restatement was published.
+    Restated(Restatement),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Intent {
+    generation: u32,
+    from: NaiveDate,
+    to: NaiveDate,
+}
+
+fn state_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::LakeState {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn dates(from: NaiveDate, to: NaiveDate) -> impl Iterator<Item = NaiveDate> {
+    from.iter_days().take_while(move |d| *d < to)
+}
+
+/// Delete the files of restatements that crashed before their manifest; return the highest
+/// generation ever used.
+fn clean_dead_intents(root: &Path) -> Result<u32> {
+    let dir = root.join(RESTATEMENTS_DIR);
+    let mut max = read_restatements(root)?
+        .iter()
+        .map(|r| r.generation)
+        .max()
+        .unwrap_or(0);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(max);
+    };
+    for entry in entries {
+        let path = entry.map_err(state_err(&dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".intent.json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(state_err(&path))?;
+        let intent: Intent = serde_json::from_str(&text).map_err(|e| Error::LakeState {
+            path: path.clone(),
+            message: format!("not a restatement intent: {e}"),
+        })?;
+        max = max.max(intent.generation);
+        let suffix = format!(".r{:06}.parquet", intent.generation);
+        for d in dates(intent.from, intent.to) {
+            for table in [EVENTS_DIR, ROLLUPS_DIR] {
+                let ddir = root.join(date_dir(table, d));
+                let Ok(files) = std::fs::read_dir(&ddir) else {
+                    continue;
+                };
+                for f in files {
+                    let f = f.map_err(state_err(&ddir))?.path();
+                    let n = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if n.ends_with(&suffix) || n.ends_with(&format!("{suffix}.tmp")) {
+                        std::fs::remove_file(&f).map_err(state_err(&f))?;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            generation = intent.generation,
+            "removed the files of an unfinished restatement"
+        );
+        std::fs::remove_file(&path).map_err(state_err(&path))?;
+    }
+    Ok(max)
+}
+
+/// One (topic, partition) run of a date's events, repriced.
+struct Restated {
+    id: FileId,
+    events: RecordBatch,
+    rollups: RecordBatch,
+}
+
+#[derive(Default)]
+struct Totals {
+    events: i64,
+    old: Option<Money>,
+    new: Option<Money>,
+}
+
+fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+    b.column(EVENTS_SCHEMA.index_of(name).expect("events column"))
+}
+
+/// Reprice one run of events (same topic and partition) with `book`.
+fn reprice_run(
+    book: &PriceBook,
+    b: &RecordBatch,
+    totals: &mut BTreeMap<(String, Option<String>), Totals>,
+    changed: &mut bool,
+) -> Result<(RecordBatch, RecordBatch)> {
+    let n = b.num_rows();
+    let s = |name: &str| col(b, name).as_string::<i32>();
+    let (tenant, provider, model, status) =
+        (s("tenant_id"), s("provider"), s("model"), s("status"));
+    let agent = s("agent_id");
+    let old_currency = s("currency");
+    let time = col(b, "event_time").as_primitive::<TimestampMicrosecondType>();
+    let i64s = |name: &str| col(b, name).as_primitive::<Int64Type>();
+    let tokens: Vec<_> = tokenmeter_schemas::tables::BUCKETS
+        .iter()
+        .map(|x| i64s(&format!("tokens_{x}")))
+        .collect();
+    let reported: Vec<_> = [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "reasoning_output_tokens",
+    ]
+    .iter()
+    .map(|x| i64s(x))
+    .collect();
+    let old_cost = col(b, "cost").as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
+    let dec = || {
+        Decimal128Builder::with_capacity(n)
+            .with_precision_and_scale(COST_PRECISION, COST_SCALE)
+            .expect("valid decimal")
+    };
+    let mut costs: [Decimal128Builder; 5] = std::array::from_fn(|_| dec());
+    let mut cost = dec();
+    let mut currency = StringBuilder::with_capacity(n, n * 3);
+    let mut price_from = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+    for r in 0..n {
+        let t = DateTime::from_timestamp_micros(time.value(r)).expect("valid time");
+        let tk: [i64; 5] = std::array::from_fn(|i| tokens[i].value(r));
+        let entry = book.lookup(provider.value(r), model.value(r), t);
+        let c: Option<[Money; 5]> =
+            entry.map(|e| std::array::from_fn(|i| tk[i] as Money * e.rates.0[i] as Money));
+        match (&c, entry) {
+            (Some(c), Some(e)) => {
+                for (bld, v) in costs.iter_mut().zip(c) {
+                    bld.append_value(*v);
+                }
+                cost.append_value(c.iter().sum());
+                currency.append_value(&e.currency);
+                price_from.append_value(e.effective_from.timestamp_micros());
+            }
+            _ => {
+                costs.iter_mut().for_each(|b| b.append_null());
+                cost.append_null();
+                currency.append_null();
+                price_from.append_null();
+            }
+        }
+        let new_cur = entry.map(|e| e.currency.clone());
+        let old_cur = (!old_currency.is_null(r)).then(|| old_currency.value(r).to_string());
+        let old_v = (!old_cost.is_null(r)).then(|| old_cost.value(r));
+        let new_v = c.map(|c| c.iter().sum::<Money>());
+        let te = totals
+            .entry((tenant.value(r).to_string(), old_cur.clone()))
+            .or_default();
+        te.events += 1;
+        if let Some(v) = old_v {
+            *te.old.get_or_insert(0) += v;
+        }
+        let tn = totals
+            .entry((tenant.value(r).to_string(), new_cur.clone()))
+            .or_default();
+        if let Some(v) = new_v {
+            *tn.new.get_or_insert(0) += v;
+        }
+        let key = RollupKey {
+            hour_micros: hour_of(time.value(r)),
+            tenant_id: tenant.value(r).to_string(),
+            provider: provider.value(r).to_string(),
+            model: model.value(r).to_string(),
+            agent_id: (!agent.is_null(r)).then(|| agent.value(r).to_string()),
+            currency: new_cur,
+        };
+        let v = RollupValue {
+            requests: 1,
+            errors: i64::from(status.value(r) == "error"),
+            reported: std::array::from_fn(|i| reported[i].value(r)),
+            tokens: tk,
+            costs: c.unwrap_or([0; 5]),
+        };
+        rollups.entry(key).or_default().merge(&v);
+    }
+    let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+    let mut put = |name: &str, a: ArrayRef| {
+        let i = EVENTS_SCHEMA.index_of(name).expect("events column");
+        if cols[i].as_ref() != a.as_ref() {
+            *changed = true;
+        }
+        cols[i] = a;
+    };
+    for (x, mut bld) in tokenmeter_schemas::tables::BUCKETS.iter().zip(costs) {
+        put(&format!("cost_{x}"), std::sync::Arc::new(bld.finish()));
+    }
+    put("cost", std::sync::Arc::new(cost.finish()));
+    put("currency", std::sync::Arc::new(currency.finish()));
+    put(
+        "price_effective_from",
+        std::sync::Arc::new(price_from.finish()),
+    );
+    let events = RecordBatch::try_new(EVENTS_SCHEMA.clone(), cols)?;
+    let rows: Vec<(&RollupKey, &RollupValue)> = rollups.iter().collect();
+    Ok((events, rollup_batch(&rows)?))
+}
+
+/// Reprice the UTC dates `[from, to)` of the lake at `root` with `book` (read from
+/// `prices_path`), as `by`, at `now`.
+pub async fn reprice(
+    root: &Path,
+    book: &PriceBook,
+    prices_path: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Repriced> {
+    if from >= to {
+        return Err(Error::EmptyRange { from, to });
+    }
+    if let Some(m) = touches_closed(&read_closes(root)?, from, to)? {
+        return Err(Error::Period(format!(
+            "{from}..{to} touches {m}, which is closed: its invoices are frozen. Reprice only open months; corrections of a closed month belong on the next invoice"
+        )));
+    }
+    let generation = clean_dead_intents(root)? + 1;
+    let rdir = root.join(RESTATEMENTS_DIR);
+    let intent_name = format!("{generation:06}.intent.json");
+    let intent = serde_json::to_vec(&Intent {
+        generation,
+        from,
+        to,
+    })
+    .expect("serializable");
+    write_atomic(&rdir, &intent_name, &intent)?;
+    let cut = CommittedOffsets::read(root)?;
+    let ctx = open_view(
+        root,
+        View {
+            as_of: None,
+            cut: Some(cut.clone()),
+        },
+    )
+    .await?;
+    let select: Vec<String> = EVENTS_SCHEMA
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM usage_events WHERE date = $d ORDER BY kafka_topic, kafka_partition, kafka_offset",
+        select.join(", ")
+    );
+    let mut totals: BTreeMap<(String, Option<String>), Totals> = BTreeMap::new();
+    let mut changed = false;
+    let mut out: Vec<(NaiveDate, Restated)> = Vec::new();
+    let mut events_total = 0i64;
+    for d in dates(from, to) {
+        let batches = ctx
+            .sql_with_options(&sql, read_only_options())
+            .await?
+            .with_param_values(vec![("d", ScalarValue::Date32(Some(d.to_epoch_days())))])?
+            .collect()
+            .await?;
+        let mut fixed = Vec::new();
+        for b in batches {
+            let cols = b
+                .columns()
+                .iter()
+                .zip(EVENTS_SCHEMA.fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            fixed.push(RecordBatch::try_new(EVENTS_SCHEMA.clone(), cols)?);
+        }
+        let all = concat_batches(&EVENTS_SCHEMA, &fixed)?;
+        events_total += all.num_rows() as i64;
+        let topic = col(&all, "kafka_topic").as_string::<i32>().clone();
+        let part: Int32Array = col(&all, "kafka_partition")
+            .as_primitive::<Int32Type>()
+            .clone();
+        let off: Int64Array = col(&all, "kafka_offset")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let mut start = 0;
+        while start < all.num_rows() {
+            let mut end = start + 1;
+            while end < all.num_rows()
+                && topic.value(end) == topic.value(start)
+                && part.value(end) == part.value(start)
+            {
+                end += 1;
+            }
+            let run = all.slice(start, end - start);
+            let (events, rollups) = reprice_run(book, &run, &mut totals, &mut changed)?;
+            out.push((
+                d,
+                Restated {
+                    id: FileId {
+                        topic: topic.value(start).to_string(),
+                        partition: part.value(start),
+                        first: off.value(start),
+                        last: off.value(end - 1),
+                    },
+                    events,
+                    rollups,
+                },
+            ));
+            start = end;
+        }
+    }
+    if !changed {
+        std::fs::remove_file(rdir.join(&intent_name)).map_err(state_err(&rdir))?;
+        return Ok(Repriced::NoChange {
+            events: events_total,
+        });
+    }
+    let mut files = Vec::new();
+    for (d, r) in &out {
+        for (table, batch) in [(EVENTS_DIR, &r.events), (ROLLUPS_DIR, &r.rollups)] {
+            let rel = format!("{}/{}", date_dir(table, *d), r.id.restated_name(generation));
+            let path = root.join(&rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).map_err(state_err(&path))?;
+            tokenmeter_aggregate::lake::write_file_atomic(&path, batch)?;
+            files.push(rel);
+        }
+    }
+    let manifest = Restatement {
+        version: 1,
+        generation,
+        created_at: now,
+        created_by: by.to_string(),
+        prices_path: prices_path.to_string(),
+        prices_hash: book.hash.clone(),
+        from,
+        to,
+        cut: cut_entries(&cut),
+        files,
+        totals: totals
+            .into_iter()
+            .map(|((tenant_id, currency), t)| RestatedTotal {
+                tenant_id,
+                currency,
+                events: t.events,
+                old_cost: t.old.map(format_money),
+                new_cost: t.new.map(format_money),
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&manifest).expect("serializable");
+    write_atomic(&rdir, &format!("{generation:06}.json"), &text)?;
+    std::fs::remove_file(rdir.join(&intent_name)).map_err(state_err(&rdir))?;
+    Ok(Repriced::Restated(manifest))
+}
+
+/// The audit records of every restatement, oldest first.
+pub fn restatements(root: &Path) -> Result<Vec<Restatement>> {
+    read_restatements(root)
+}
