@@ -1,6 +1,7 @@
 //! Pricing, rollups and the exactly-once Parquet lake.
 //!
 //! - [`prices`]: the price book (TOML) and exact cost arithmetic — pure.
+//! - [`litellm`]: LiteLLM's price catalog converted exactly into a price book — pure.
 //! - [`rollup`]: the hourly rollup fold — pure.
 //! - [`dedupe`]: retry dedupe keys, content fingerprints and the per-partition index — pure.
 //! - [`lake`]: the Parquet sink and the commit protocol that makes it exactly-once (see
@@ -16,6 +17,7 @@ pub mod clickhouse;
 pub mod dedupe;
 pub mod error;
 pub mod lake;
+pub mod litellm;
 pub mod prices;
 pub mod record;
 pub mod rollup;
