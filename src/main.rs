@@ -6,6 +6,7 @@
 
 mod config;
 mod demo;
+mod prices_cmd;
 
 use anyhow::{Context, Result, bail};
 use chrono::NaiveDate;
@@ -48,6 +49,15 @@ enum Command {
     /// Compare the lake's raw events, its rollups and ClickHouse per tenant, day and currency;
     /// exit 1 on any difference.
     Reconcile(ReconcileArgs),
+    /// Price books.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Convert LiteLLM's model_prices_and_context_window.json into a price book, exactly.
+    ImportLitellm(prices_cmd::ImportLitellmArgs),
 }
 
 #[derive(Subcommand)]
@@ -442,6 +452,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reconcile(a) => reconcile(a).await,
+        Command::Prices(PricesCommand::ImportLitellm(a)) => prices_cmd::run(a),
     }
 }
 

@@ -20,6 +20,15 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+# LiteLLM's real price catalog for tests/it/litellm.rs: the PyPI wheel ships it. Installed
+# without dependencies and never imported; the version is pinned (keep LITELLM_VERSION in
+# tests/it/litellm.rs equal).
+LITELLM_VERSION="1.109.1"
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('litellm') != '$LITELLM_VERSION')" 2>/dev/null; then
+  log "installing litellm==$LITELLM_VERSION (its price catalog)"
+  python3 -m pip install --quiet --no-deps "litellm==$LITELLM_VERSION"
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -8,6 +8,9 @@ pub enum Error {
     /// The price book could not be read or broke a rule.
     #[error("price book {path}: {message}")]
     PriceBook { path: String, message: String },
+    /// A LiteLLM price catalog could not be converted (see `litellm`).
+    #[error("LiteLLM catalog {origin}: {message}")]
+    LiteLlm { origin: String, message: String },
     /// A file-system operation on the lake failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

@@ -2,6 +2,7 @@
 //!
 //! - [`prices`]: the price book (TOML) and exact cost arithmetic — pure.
 //! - [`billing`]: rating usage by a tenant's contract into invoice lines — pure.
+//! - [`litellm`]: LiteLLM's price catalog converted exactly into a price book — pure.
 //! - [`rollup`]: the hourly rollup fold — pure.
 //! - [`dedupe`]: retry dedupe keys, content fingerprints and the per-partition index — pure.
 //! - [`lake`]: the Parquet sink and the commit protocol that makes it exactly-once (see
@@ -18,6 +19,7 @@ pub mod clickhouse;
 pub mod dedupe;
 pub mod error;
 pub mod lake;
+pub mod litellm;
 pub mod prices;
 pub mod record;
 pub mod rollup;

@@ -456,8 +456,8 @@ fn parse_scaled(s: &str, scale: u32, example: &str) -> std::result::Result<i64, 
             n.scale()
         ));
     }
-    (n * Decimal::from(10i64.pow(scale)))
-        .to_i64()
+    n.checked_mul(Decimal::from(10i64.pow(scale)))
+        .and_then(|m| m.to_i64())
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
@@ -1178,6 +1178,9 @@ output = "0"
         assert!(e.contains("7 decimal places"), "{e}");
         // Trailing zeros are not extra precision.
         assert_eq!(parse_price("2.5000000000"), Ok(2_500_000));
+        // Too large for micro-units (even for a Decimal once scaled): an error, not a panic.
+        assert!(parse_price("99999999999999999999999999").is_err());
+        assert!(parse_price("9223372036854.775808").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   against totals computed independently from the generated JSON; restart after a crash.
 //! - `reports`: reports from rollups equal reports from raw events.
 //! - `clickhouse`: the ClickHouse sink, reconcile and dashboards against the real server.
+//! - `litellm`: `prices import-litellm` on LiteLLM's real catalog against a Python oracle.
 //!
 //! `support` holds the independent oracle (cost computed with rust_decimal from the TOML).
 
@@ -14,6 +15,7 @@ mod clickhouse;
 mod contract;
 mod faults;
 mod lake;
+mod litellm;
 mod pipeline;
 mod reliability;
 mod reports;
