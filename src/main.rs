@@ -6,6 +6,7 @@
 
 mod config;
 mod demo;
+mod finance_cmd;
 mod prices_cmd;
 
 use anyhow::{Context, Result, bail};
@@ -52,12 +53,22 @@ enum Command {
     /// Price books.
     #[command(subcommand)]
     Prices(PricesCommand),
+    /// Recompute the cost of UTC dates from the raw events with a price book, as an audited
+    /// restatement (reports show the latest; --as-of an earlier one).
+    Reprice(finance_cmd::RepriceArgs),
+    /// List the restatements of a lake with their audit records.
+    Restatements(finance_cmd::RestatementsArgs),
+    /// Close a month: freeze its invoices; later events of it become adjustments of the next
+    /// open month.
+    Close(finance_cmd::CloseArgs),
 }
 
 #[derive(Subcommand)]
 enum PricesCommand {
     /// Convert LiteLLM's model_prices_and_context_window.json into a price book, exactly.
     ImportLitellm(prices_cmd::ImportLitellmArgs),
+    /// Which price applies to a model (for a tenant, at a time) and why.
+    Show(finance_cmd::ShowArgs),
 }
 
 #[derive(Subcommand)]
@@ -252,6 +263,9 @@ struct ReportArgs {
     /// Write to this file instead of standard output (required for parquet).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Use the restatements made at or before this time (RFC 3339); default: the latest.
+    #[arg(long, value_parser = finance_cmd::parse_as_of)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Subcommand)]
@@ -265,6 +279,11 @@ enum ReportCommand {
         #[arg(long, value_enum, default_value_t = GranularityArg::Day)]
         granularity: GranularityArg,
     },
+    /// A tenant's invoice for a month: lines per provider, model and token type, priced by its
+    /// contract in its billing currency.
+    Invoice(finance_cmd::InvoiceArgs),
+    /// Late events of closed months that a month's invoices carry as adjustments.
+    Adjustments(finance_cmd::AdjustmentsArgs),
 }
 
 #[derive(Args)]
@@ -275,6 +294,9 @@ struct SqlArgs {
     format: FormatArg,
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Use the restatements made at or before this time (RFC 3339); default: the latest.
+    #[arg(long, value_parser = finance_cmd::parse_as_of)]
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
     /// The query (SELECT / WITH / EXPLAIN only).
     query: String,
 }
@@ -304,7 +326,7 @@ struct ReconcileArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
+pub(crate) enum FormatArg {
     Table,
     Csv,
     Json,
@@ -400,7 +422,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Report(ReportCommand::Cost(a)) => {
-            let ctx = tokenmeter_query::open_catalog(&a.data_dir).await?;
+            let ctx = open_view(&a.data_dir, a.as_of).await?;
             let batches = tokenmeter_query::cost_report(&ctx, &report_params(&a)?).await?;
             let batches = if matches!(a.format, FormatArg::Table) {
                 tokenmeter_query::cost_table_with_totals(&batches)?
@@ -411,7 +433,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Report(ReportCommand::AgentShare { args, granularity }) => {
-            let ctx = tokenmeter_query::open_catalog(&args.data_dir).await?;
+            let ctx = open_view(&args.data_dir, args.as_of).await?;
             let g = match granularity {
                 GranularityArg::Day => Granularity::Day,
                 GranularityArg::Week => Granularity::Week,
@@ -423,7 +445,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sql(a) => {
-            let ctx = tokenmeter_query::open_catalog(&a.data_dir).await?;
+            let ctx = open_view(&a.data_dir, a.as_of).await?;
             let batches = tokenmeter_query::run_sql(&ctx, &a.query).await?;
             tokenmeter_query::write_batches(&batches, a.format.into(), a.output.as_deref())?;
             Ok(())
@@ -453,6 +475,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Reconcile(a) => reconcile(a).await,
         Command::Prices(PricesCommand::ImportLitellm(a)) => prices_cmd::run(a),
+        Command::Prices(PricesCommand::Show(a)) => finance_cmd::run_show(a),
+        Command::Report(ReportCommand::Invoice(a)) => finance_cmd::run_invoice(a).await,
+        Command::Report(ReportCommand::Adjustments(a)) => finance_cmd::run_adjustments(a).await,
+        Command::Reprice(a) => finance_cmd::run_reprice(a).await,
+        Command::Restatements(a) => finance_cmd::run_restatements(a),
+        Command::Close(a) => finance_cmd::run_close(a),
     }
 }
 
@@ -545,6 +573,18 @@ fn report_params(a: &ReportArgs) -> Result<ReportParams> {
             SourceArg::Rollups => Source::Rollups,
         },
     })
+}
+
+/// The lake with the restatements in force at `as_of` (default: the latest).
+async fn open_view(
+    dir: &Path,
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<datafusion::prelude::SessionContext> {
+    Ok(tokenmeter_query::catalog::open_view(
+        dir,
+        tokenmeter_query::catalog::View { as_of, cut: None },
+    )
+    .await?)
 }
 
 fn load_prices(path: &Path) -> Result<PriceBook> {

@@ -6,6 +6,8 @@
 //!   against totals computed independently from the generated JSON; restart after a crash.
 //! - `reports`: reports from rollups equal reports from raw events.
 //! - `clickhouse`: the ClickHouse sink, reconcile and dashboards against the real server.
+//! - `finance`: invoices by contract, repricing with `--as-of`, closing a month and its
+//!   adjustments, through the binary against an independent oracle.
 //! - `litellm`: `prices import-litellm` on LiteLLM's real catalog against a Python oracle.
 //!
 //! `support` holds the independent oracle (cost computed with rust_decimal from the TOML).
@@ -14,6 +16,7 @@ mod cli;
 mod clickhouse;
 mod contract;
 mod faults;
+mod finance;
 mod lake;
 mod litellm;
 mod pipeline;

@@ -1,0 +1,481 @@
+//! Finance end to end, through the binary: an invoice priced by a tenant's contract (billing
+//! currency, FX, discount) against an independent oracle; an unpriced model refused until a
+//! price is added and the month repriced; reports before and after the restatement (`--as-of`);
+//! repricing again is a no-op; closing the month freezes its invoice, late events become
+//! adjustment lines of the next month, and repricing the closed month is refused.
+
+use crate::support::{Book, PRICES};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::str::FromStr;
+use tokenmeter_aggregate::lake::{Lake, LakeOptions};
+use tokenmeter_aggregate::{PriceBook, PricedEvent};
+use tokenmeter_ingest::generate::{GenConfig, Generator};
+use tokenmeter_query::catalog::{View, open_view};
+use tokenmeter_query::{ReportParams, Source, cost_report};
+use tokenmeter_schemas::{DecodeOptions, decode_event};
+
+const TENANT: &str = "acme";
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, out, err) = run(args);
+    assert!(success, "tokenmeter {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+/// Per (provider, model, token_type, unit price): tokens, from the JSON with `book`.
+type Lines = BTreeMap<(String, String, String, Decimal), i64>;
+
+const TYPES: [&str; 5] = [
+    "uncached_input",
+    "cache_read",
+    "cache_write",
+    "output",
+    "reasoning",
+];
+
+fn oracle_lines(payloads: &[&Vec<u8>], book: &Book, tenant: &str) -> Lines {
+    let mut out = Lines::new();
+    for p in payloads {
+        let v: Value = serde_json::from_slice(p).unwrap();
+        if v["subject"] != tenant {
+            continue;
+        }
+        let u = &v["data"]["usage"];
+        let n = |k: &str| u.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let (i, cr, cw, o, r) = (
+            n("input_tokens"),
+            n("cache_read_input_tokens"),
+            n("cache_creation_input_tokens"),
+            n("output_tokens"),
+            n("reasoning_output_tokens"),
+        );
+        let tokens = [i - cr - cw, cr, cw, o - r, r];
+        let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap())
+            .unwrap()
+            .to_utc();
+        let (provider, model) = (
+            v["data"]["provider"].as_str().unwrap(),
+            v["data"]["model"].as_str().unwrap(),
+        );
+        let prices = book.price(provider, model, t).expect("priced");
+        for k in 0..5 {
+            if tokens[k] != 0 {
+                *out.entry((
+                    provider.into(),
+                    model.into(),
+                    TYPES[k].into(),
+                    prices[k].normalize(),
+                ))
+                .or_default() += tokens[k];
+            }
+        }
+    }
+    out
+}
+
+/// Oracle amount of a line: tokens × price per million × 7.1 CNY/USD × 0.9, half-even to fen.
+fn oracle_amount(tokens: i64, price: Decimal) -> Decimal {
+    (Decimal::from(tokens) * price / Decimal::from(1_000_000)
+        * Decimal::from_str("7.1").unwrap()
+        * Decimal::from_str("0.9").unwrap())
+    .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
+}
+
+/// The lines of an invoice JSON of `kind`, keyed like the oracle, with their amounts.
+fn invoice_lines(
+    v: &Value,
+    kind: &str,
+) -> BTreeMap<(String, String, String, Decimal), (i64, Decimal)> {
+    let mut out = BTreeMap::new();
+    for l in v["lines"].as_array().unwrap() {
+        if l["kind"] != kind {
+            continue;
+        }
+        let s = |k: &str| l[k].as_str().unwrap().to_string();
+        let d = |k: &str| Decimal::from_str(l[k].as_str().unwrap()).unwrap();
+        let key = (
+            s("provider"),
+            s("model"),
+            s("token_type"),
+            d("unit_price").normalize(),
+        );
+        assert_eq!(s("fx_rate"), "7.1");
+        assert_eq!(s("discount_pct"), "10");
+        let prev = out.insert(key, (l["tokens"].as_i64().unwrap(), d("amount")));
+        assert!(prev.is_none(), "one line per key: {l}");
+    }
+    out
+}
+
+fn commit(lake: &Lake, book: &PriceBook, msgs: &[&Vec<u8>], first: i64) {
+    let evs: Vec<PricedEvent> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            PricedEvent::new(
+                decode_event(p, &DecodeOptions::default()).unwrap(),
+                book,
+                0,
+                first + i as i64,
+            )
+        })
+        .collect();
+    let lock = lake.try_lock("usage.events", 0).unwrap().unwrap();
+    for (k, chunk) in evs.chunks(2_000).enumerate() {
+        let f = first + (k * 2_000) as i64;
+        lake.commit(&lock, f, f + chunk.len() as i64 - 1, chunk)
+            .unwrap();
+    }
+}
+
+async fn cost_total(
+    dir: &Path,
+    as_of: Option<chrono::DateTime<chrono::Utc>>,
+    source: Source,
+) -> String {
+    let ctx = open_view(dir, View { as_of, cut: None }).await.unwrap();
+    let p = ReportParams {
+        from: "2026-10-01".parse().unwrap(),
+        to: "2026-11-01".parse().unwrap(),
+        tenant: Some(TENANT.into()),
+        tz: chrono_tz::UTC,
+        source,
+    };
+    let b = cost_report(&ctx, &p).await.unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&b)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoice_reprice_close_and_adjustments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lake");
+    let lake_dir = dir.to_str().unwrap();
+    let msgs: Vec<_> = Generator::new(GenConfig {
+        events: 8_000,
+        tenants: 4,
+        seed: 21,
+        invalid_fraction: 0.0,
+        ..Default::default()
+    })
+    .collect();
+    let payloads: Vec<&Vec<u8>> = msgs
+        .iter()
+        .filter(|m| m.event.is_some())
+        .map(|m| &m.payload)
+        .collect();
+    // The last 10 % arrive late: after October is closed.
+    let cut = payloads.len() * 9 / 10;
+    let (early, late) = payloads.split_at(cut);
+
+    // Book A: the example list prices (one model is missing from it).
+    let list_text = std::fs::read_to_string(PRICES).unwrap();
+    let book_a = PriceBook::parse(&list_text, "a").unwrap();
+    let lake = Lake::open(&dir, LakeOptions::default()).unwrap();
+    commit(&lake, &book_a, early, 0);
+
+    // Book B: the same list plus acme's contract, billed in CNY at 7.1, 10 % off.
+    let contract = r#"
+[[fx]]
+from = "USD"
+to = "CNY"
+rate = "7.1"
+effective = "2026-01-01"
+
+[[tenant]]
+id = "acme"
+billing_currency = "CNY"
+
+[[tenant.discount]]
+percent = "10"
+"#;
+    let b_path = tmp.path().join("b.toml");
+    std::fs::write(&b_path, format!("{list_text}\n{contract}")).unwrap();
+    let b = b_path.to_str().unwrap();
+    let inv = |month: &str, prices: &str| -> (bool, String, String) {
+        run(&[
+            "report",
+            "invoice",
+            "--data-dir",
+            lake_dir,
+            "--prices",
+            prices,
+            "--tenant",
+            TENANT,
+            "--month",
+            month,
+            "--format",
+            "json",
+        ])
+    };
+    // The unpriced model stops the invoice, with advice.
+    let (success, _, err) = inv("2026-10", b);
+    assert!(!success);
+    assert!(
+        err.contains("moonshot/") && err.contains("reprice"),
+        "{err}"
+    );
+
+    // Book C: B plus a price for the missing model and a new gpt-4.1-mini price from Oct 15.
+    let extra = r#"
+[[price]]
+provider = "moonshot"
+model = "kimi-k2"
+effective_from = "2025-01-01T00:00:00Z"
+input = "0.60"
+cache_read = "0.15"
+output = "2.50"
+
+[[price]]
+provider = "openai"
+model = "gpt-4.1-mini"
+effective_from = "2026-10-15T00:00:00Z"
+input = "0.35"
+cache_read = "0.09"
+output = "1.40"
+"#;
+    let c_text = format!("{list_text}\n{extra}\n{contract}");
+    let c_path = tmp.path().join("c.toml");
+    std::fs::write(&c_path, &c_text).unwrap();
+    let c = c_path.to_str().unwrap();
+    let oracle_c = Book::load(c);
+    let oracle_a = Book::load(PRICES);
+
+    let before_reprice = chrono::Utc::now();
+    let original = cost_total(&dir, None, Source::Raw).await;
+    let out = ok(&[
+        "reprice",
+        "--data-dir",
+        lake_dir,
+        "--prices",
+        c,
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-11-01",
+        "--by",
+        "finance-test",
+    ]);
+    assert!(out.contains("restatement 1"), "{out}");
+    // Same book again: nothing changes, nothing is written.
+    let out = ok(&[
+        "reprice",
+        "--data-dir",
+        lake_dir,
+        "--prices",
+        c,
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-11-01",
+    ]);
+    assert!(out.contains("no change"), "{out}");
+    let audit = ok(&["restatements", "--data-dir", lake_dir]);
+    assert!(
+        audit.contains("restatement 1")
+            && audit.contains("finance-test")
+            && !audit.contains("restatement 2"),
+        "{audit}"
+    );
+
+    // Reports: latest = restated (raw and rollups agree); --as-of before = original.
+    let restated = cost_total(&dir, None, Source::Raw).await;
+    assert_ne!(restated, original);
+    assert_eq!(restated, cost_total(&dir, None, Source::Rollups).await);
+    assert_eq!(
+        original,
+        cost_total(&dir, Some(before_reprice), Source::Raw).await
+    );
+    assert_eq!(
+        original,
+        cost_total(&dir, Some(before_reprice), Source::Rollups).await
+    );
+    // The restated cost equals the oracle with book C; the original the oracle with book A.
+    let sum_cost = |t: &str| -> Decimal {
+        t.lines()
+            .filter(|l| l.starts_with("| acme"))
+            .map(|l| Decimal::from_str(l.split('|').nth(7).unwrap().trim()).unwrap_or_default())
+            .sum()
+    };
+    let exp = |book: &Book| {
+        crate::support::expected(
+            &early.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
+            book,
+        )[TENANT]
+            .cost
+    };
+    assert_eq!(sum_cost(&restated), exp(&oracle_c));
+    assert_eq!(sum_cost(&original), exp(&oracle_a));
+
+    // The invoice: every line against the oracle, total = sum of lines.
+    let (success, out, err) = inv("2026-10", c);
+    assert!(success, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["tenant_id"].as_str(),
+            v["month"].as_str(),
+            v["currency"].as_str()
+        ),
+        (Some(TENANT), Some("2026-10"), Some("CNY"))
+    );
+    let got = invoice_lines(&v, "usage");
+    let want = oracle_lines(early, &oracle_c, TENANT);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    let mut total = Decimal::ZERO;
+    for (k, (tokens, amount)) in &got {
+        assert_eq!(*tokens, want[k], "{k:?}");
+        assert_eq!(*amount, oracle_amount(*tokens, k.3), "{k:?}");
+        total += amount;
+    }
+    assert_eq!(
+        Decimal::from_str(v["total"].as_str().unwrap()).unwrap(),
+        total
+    );
+    assert!(
+        got.keys()
+            .any(|k| k.1 == "gpt-4.1-mini" && k.3 == Decimal::from_str("0.35").unwrap())
+    );
+    // The other formats carry the same total.
+    let html = ok(&[
+        "report",
+        "invoice",
+        "--data-dir",
+        lake_dir,
+        "--prices",
+        c,
+        "--tenant",
+        TENANT,
+        "--month",
+        "2026-10",
+        "--format",
+        "html",
+    ]);
+    assert!(
+        html.contains(&format!("<td class=\"n\" id=\"total\">{total}</td>")),
+        "html total"
+    );
+    let csv = ok(&[
+        "report",
+        "invoice",
+        "--data-dir",
+        lake_dir,
+        "--prices",
+        c,
+        "--tenant",
+        TENANT,
+        "--month",
+        "2026-10",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(csv.lines().count(), got.len() + 1);
+
+    // Close October; the late events arrive; October's invoice does not move.
+    let out = ok(&[
+        "close",
+        "--data-dir",
+        lake_dir,
+        "--month",
+        "2026-10",
+        "--by",
+        "finance-test",
+    ]);
+    assert!(out.contains("closed 2026-10"), "{out}");
+    assert!(
+        ok(&["close", "--data-dir", lake_dir, "--month", "2026-10"]).contains("already closed")
+    );
+    // The aggregator runs with book C by now.
+    let book_c = PriceBook::parse(&c_text, "c").unwrap();
+    commit(&lake, &book_c, late, early.len() as i64);
+    let (_, again, _) = inv("2026-10", c);
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["status"], "closed");
+    assert_eq!(
+        (&again["lines"], &again["total"]),
+        (&v["lines"], &v["total"]),
+        "a closed month's invoice is frozen"
+    );
+    // They are November's adjustments (priced by the terms of October).
+    let (success, nov, err) = inv("2026-11", c);
+    assert!(success, "{err}");
+    let nov: Value = serde_json::from_str(&nov).unwrap();
+    let adj = invoice_lines(&nov, "adjustment");
+    // The invoice takes the list price the lake holds for them: book C's.
+    let want = oracle_lines(late, &oracle_c, TENANT);
+    assert_eq!(
+        adj.iter()
+            .map(|(k, (t, _))| (k.clone(), *t))
+            .collect::<Lines>(),
+        want
+    );
+    for l in nov["lines"].as_array().unwrap() {
+        assert_eq!(l["period"], "2026-10");
+    }
+    let report = ok(&[
+        "report",
+        "adjustments",
+        "--data-dir",
+        lake_dir,
+        "--month",
+        "2026-11",
+        "--tenant",
+        TENANT,
+        "--format",
+        "csv",
+    ]);
+    let late_tokens: i64 = want.values().sum();
+    let listed: i64 = report
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(6).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(listed, late_tokens);
+    // December carries nothing of October.
+    let (success, dec, _) = inv("2026-12", c);
+    assert!(success);
+    assert_eq!(
+        serde_json::from_str::<Value>(&dec).unwrap()["lines"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // A closed month cannot be repriced.
+    let (success, _, err) = run(&[
+        "reprice",
+        "--data-dir",
+        lake_dir,
+        "--prices",
+        c,
+        "--from",
+        "2026-10-31",
+        "--to",
+        "2026-11-02",
+    ]);
+    assert!(
+        !success && err.contains("2026-10") && err.contains("closed"),
+        "{err}"
+    );
+}
