@@ -6,12 +6,14 @@
 //!   committed Parquet files (via [`lake_store`]), partitioned by `date`.
 //! - [`sqlq`]: one read-only query at a time.
 //! - [`reports`]: cost by token type and agent share; SQL in `query/sql/`.
+//! - [`anomalies`]: large requests and hourly spend spikes; SQL in `query/sql/`.
 //! - [`output`]: table, CSV, JSON and Parquet.
 //! - [`dashboards`]: the ClickHouse dashboard SQL of `query/sql/clickhouse/`.
 //! - [`reconcile`]: raw events vs rollups vs ClickHouse, at one consistent cut.
 //!
 //! Not here: writing the lake (see `tokenmeter-aggregate`), the CLI (the `tokenmeter` binary).
 
+pub mod anomalies;
 pub mod catalog;
 pub mod dashboards;
 pub mod error;
@@ -25,6 +27,7 @@ pub mod sqlq;
 #[cfg(test)]
 mod testlake;
 
+pub use anomalies::{AnomalyParams, SpendFactor, anomalies_report};
 pub use catalog::open_catalog;
 pub use error::{Error, Result};
 pub use output::{Format, cost_table_with_totals, write_batches};
