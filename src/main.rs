@@ -279,11 +279,47 @@ enum ReportCommand {
         #[arg(long, value_enum, default_value_t = GranularityArg::Day)]
         granularity: GranularityArg,
     },
+    /// Large requests and hourly spend spikes, one table ordered by time.
+    Anomalies(AnomaliesArgs),
     /// A tenant's invoice for a month: lines per provider, model and token type, priced by its
     /// contract in its billing currency.
     Invoice(finance_cmd::InvoiceArgs),
     /// Late events of closed months that a month's invoices carry as adjustments.
     Adjustments(finance_cmd::AdjustmentsArgs),
+}
+
+#[derive(Args)]
+struct AnomaliesArgs {
+    #[arg(long, env = "TOKENMETER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// First day, inclusive (YYYY-MM-DD, in --tz).
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last day, exclusive (YYYY-MM-DD, in --tz).
+    #[arg(long)]
+    to: NaiveDate,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// IANA time zone of the day boundaries and of the times shown, e.g. Asia/Shanghai.
+    #[arg(long, default_value = "UTC")]
+    tz: chrono_tz::Tz,
+    /// A request of more than this many tokens (input + output as reported) is a large_request.
+    #[arg(long, default_value_t = tokenmeter_query::anomalies::DEFAULT_MAX_TOKENS)]
+    max_tokens: i64,
+    /// An hour whose spend is more than this many times the baseline median is a spend_spike.
+    #[arg(long, default_value = "5")]
+    spend_factor: tokenmeter_query::SpendFactor,
+    /// The baseline: the hours with usage among this many hours before each hour.
+    #[arg(long, default_value_t = tokenmeter_query::anomalies::DEFAULT_BASELINE_HOURS)]
+    baseline_hours: u32,
+    /// No spend verdict for an hour whose baseline holds fewer hours with usage.
+    #[arg(long, default_value_t = tokenmeter_query::anomalies::DEFAULT_MIN_BASELINE_HOURS)]
+    min_baseline_hours: u32,
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -442,6 +478,24 @@ async fn run(cli: Cli) -> Result<()> {
             let batches =
                 tokenmeter_query::agent_share_report(&ctx, &report_params(&args)?, g).await?;
             tokenmeter_query::write_batches(&batches, args.format.into(), args.output.as_deref())?;
+            Ok(())
+        }
+        Command::Report(ReportCommand::Anomalies(a)) => {
+            if matches!(a.format, FormatArg::Parquet) && a.output.is_none() {
+                bail!("--format parquet writes a file: add --output FILE.parquet");
+            }
+            let ctx = tokenmeter_query::open_catalog(&a.data_dir).await?;
+            let params = tokenmeter_query::AnomalyParams {
+                tenant: a.tenant,
+                tz: a.tz,
+                max_tokens: a.max_tokens,
+                spend_factor: a.spend_factor,
+                baseline_hours: a.baseline_hours,
+                min_baseline_hours: a.min_baseline_hours,
+                ..tokenmeter_query::AnomalyParams::new(a.from, a.to)
+            };
+            let batches = tokenmeter_query::anomalies_report(&ctx, &params).await?;
+            tokenmeter_query::write_batches(&batches, a.format.into(), a.output.as_deref())?;
             Ok(())
         }
         Command::Sql(a) => {

@@ -74,6 +74,14 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// A report parameter is malformed or out of range.
+    #[error("invalid {what} {given:?}: {advice}")]
+    InvalidParameter {
+        what: &'static str,
+        given: String,
+        advice: &'static str,
+    },
+
     /// Parquet output was asked for without a file to write.
     #[error("Parquet output needs a file: pass an output path (stdout takes table, csv and json)")]
     ParquetNeedsFile,

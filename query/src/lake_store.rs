@@ -158,7 +158,10 @@ fn read_state(path: &std::path::Path) -> Result<PartitionState> {
 
 /// The restatements a view applies: per UTC date, the generation in force and its cut.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Restated(BTreeMap<NaiveDate, (u32, Arc<HashMap<(String, i32), i64>>)>);
+pub struct Restated(BTreeMap<NaiveDate, (u32, Arc<Cut>)>);
+
+/// `committed_through` per (topic, partition) at a restatement's cut.
+pub type Cut = HashMap<(String, i32), i64>;
 
 impl Restated {
     /// The committed restatements of the lake at `root`, oldest first, keeping those created at
@@ -181,7 +184,7 @@ impl Restated {
         });
         let mut map = BTreeMap::new();
         for r in &all {
-            let cut: Arc<HashMap<(String, i32), i64>> = Arc::new(
+            let cut: Arc<Cut> = Arc::new(
                 r.cut
                     .iter()
                     .map(|e| ((e.topic.clone(), e.partition), e.committed_through))
@@ -202,7 +205,7 @@ impl Restated {
     }
 
     /// The generation and cut in force for `date`.
-    pub fn for_date(&self, date: NaiveDate) -> Option<(u32, &HashMap<(String, i32), i64>)> {
+    pub fn for_date(&self, date: NaiveDate) -> Option<(u32, &Cut)> {
         self.0.get(&date).map(|(g, c)| (*g, c.as_ref()))
     }
 }

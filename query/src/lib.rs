@@ -9,12 +9,14 @@
 //! - [`invoice`]: invoices (rated by tenant contracts) and adjustments of closed months.
 //! - [`periods`]: closed months and the windows their late events fall in.
 //! - [`reprice`]: restating a period's cost from the raw events with another price book.
+//! - [`anomalies`]: large requests and hourly spend spikes; SQL in `query/sql/`.
 //! - [`output`]: table, CSV, JSON and Parquet.
 //! - [`dashboards`]: the ClickHouse dashboard SQL of `query/sql/clickhouse/`.
 //! - [`reconcile`]: raw events vs rollups vs ClickHouse, at one consistent cut.
 //!
 //! Not here: writing the lake (see `tokenmeter-aggregate`), the CLI (the `tokenmeter` binary).
 
+pub mod anomalies;
 pub mod catalog;
 pub mod dashboards;
 pub mod error;
@@ -31,6 +33,7 @@ pub mod sqlq;
 #[cfg(test)]
 mod testlake;
 
+pub use anomalies::{AnomalyParams, SpendFactor, anomalies_report};
 pub use catalog::open_catalog;
 pub use error::{Error, Result};
 pub use output::{Format, cost_table_with_totals, write_batches};

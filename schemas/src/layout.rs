@@ -215,7 +215,7 @@ mod tests {
             first: 0,
             last: 123,
         };
-        assert_eq!(FileId::parse(&id.file_name()), Some(id));
+        assert_eq!(FileId::parse(&id.file_name()), Some(id.clone()));
         assert_eq!(FileId::parse("x.parquet"), None);
         assert_eq!(FileId::parse("-p1-1-2.parquet"), None);
         assert_eq!(FileId::parse_any(&id.file_name()), Some((id.clone(), None)));

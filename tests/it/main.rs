@@ -4,7 +4,8 @@
 //! - `lake`: the commit protocol survives a crash at every step, with nothing lost or doubled.
 //! - `pipeline`: generator → Kafka (librdkafka's mock cluster) → aggregator → lake, checked
 //!   against totals computed independently from the generated JSON; restart after a crash.
-//! - `reports`: reports from rollups equal reports from raw events.
+//! - `reports`: reports from rollups equal reports from raw events; golden report snapshots
+//!   (cost, agent share, anomalies).
 //! - `clickhouse`: the ClickHouse sink, reconcile and dashboards against the real server.
 //! - `finance`: invoices by contract, repricing with `--as-of`, closing a month and its
 //!   adjustments, through the binary against an independent oracle.

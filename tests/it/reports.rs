@@ -1,7 +1,8 @@
 //! Both reports computed from the hourly rollups equal the same reports computed from the raw
 //! events, on a lake written by the real commit protocol in many batches (so rollup rows of one
 //! key are spread over several files), for several time zones, granularities and tenants; and
-//! the cost report reconciles with totals computed independently from the JSON.
+//! the cost report reconciles with totals computed independently from the JSON. Golden snapshots
+//! of the reports, the anomalies report included.
 
 use crate::support::{Book, PRICES, expected, normalized};
 use datafusion::arrow::array::RecordBatch;
@@ -12,7 +13,8 @@ use tokenmeter_aggregate::lake::{Lake, LakeOptions};
 use tokenmeter_aggregate::{PriceBook, PricedEvent};
 use tokenmeter_ingest::generate::{GenConfig, Generator};
 use tokenmeter_query::{
-    Granularity, ReportParams, Source, agent_share_report, cost_report, open_catalog,
+    AnomalyParams, Granularity, ReportParams, Source, agent_share_report, anomalies_report,
+    cost_report, open_catalog,
 };
 use tokenmeter_schemas::{DecodeOptions, decode_event};
 
@@ -229,4 +231,126 @@ pub fn rows(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<String
         }
     }
     out
+}
+
+/// Golden output of the anomalies report (table form) over a hand-built lake, figures checked by
+/// hand. Prices: openai/gpt-4.1 at 2.00 input, 0.50 cache read, 8.00 output per million tokens.
+///
+/// - acme: one request an hour from 11-01 00:30 to 11-02 05:30 (30 hours), 1,000 in + 250 out:
+///   0.002 + 0.002 = 0.004 USD an hour. At 11-02 06:15, 8,000 in + 3,000 out: 0.016 + 0.024 =
+///   0.040 USD, 10 × the median of its 30 baseline hours (0.004) > 5 × → one spend_spike, ratio
+///   10. The hours 11-02 00:00 … 05:00 and 07:00 equal their median: no spike. At 09:10 an
+///   unpriced request of 70,000 + 2,000 = 72,000 tokens > 50,000 → large_request (no spend).
+/// - globex: at 11:00, 48,000 in (40,000 of them cache reads) + 2,500 out = 50,500 > 50,000 →
+///   large_request (cost 0.016 + 0.020 + 0.020 = 0.056, but one hour of usage: no spend
+///   verdict); at 12:00, 45,000 + 5,000 = exactly 50,000 → not a large request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_anomalies_report() {
+    let event = |id: &str, time: String, tenant: &str, model: &str, usage: &str, agent: &str| {
+        let (provider, model) = model.split_once('/').unwrap();
+        format!(
+            r#"{{"specversion":"1.0","type":"gen_ai.usage","id":"{id}","source":"gw","time":"{time}","subject":"{tenant}","data":{{"provider":"{provider}","model":"{model}"{agent},"usage":{usage}}}}}"#
+        )
+    };
+    let plain =
+        |input: i64, output: i64| format!(r#"{{"input_tokens":{input},"output_tokens":{output}}}"#);
+    let base = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:30:00Z")
+        .unwrap()
+        .to_utc();
+    let mut payloads: Vec<String> = (0..30)
+        .chain([31])
+        .map(|h| {
+            let t = (base + chrono::Duration::hours(h)).to_rfc3339();
+            event(
+                &format!("acme-{h:02}"),
+                t,
+                "acme",
+                "openai/gpt-4.1",
+                &plain(1_000, 250),
+                "",
+            )
+        })
+        .collect();
+    payloads.extend([
+        event(
+            "acme-spike",
+            "2026-11-02T06:15:00Z".into(),
+            "acme",
+            "openai/gpt-4.1",
+            &plain(8_000, 3_000),
+            "",
+        ),
+        event(
+            "acme-big",
+            "2026-11-02T09:10:00Z".into(),
+            "acme",
+            "acme-ai/internal-1",
+            &plain(70_000, 2_000),
+            r#","agent":{"id":"lobster-42"}"#,
+        ),
+        event(
+            "globex-big",
+            "2026-11-02T11:00:00Z".into(),
+            "globex",
+            "openai/gpt-4.1",
+            r#"{"input_tokens":48000,"cache_read_input_tokens":40000,"output_tokens":2500}"#,
+            "",
+        ),
+        event(
+            "globex-exact",
+            "2026-11-02T12:00:00Z".into(),
+            "globex",
+            "openai/gpt-4.1",
+            &plain(45_000, 5_000),
+            "",
+        ),
+    ]);
+    let book = PriceBook::load(std::path::Path::new(PRICES)).unwrap();
+    let opts = DecodeOptions {
+        now: Some(
+            chrono::DateTime::parse_from_rfc3339("2026-11-21T00:00:00Z")
+                .unwrap()
+                .to_utc(),
+        ),
+        ..Default::default()
+    };
+    let events: Vec<PricedEvent> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let e = decode_event(p.as_bytes(), &opts).unwrap_or_else(|e| panic!("{p}: {e:?}"));
+            PricedEvent::new(e, &book, 0, i as i64)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path(), LakeOptions::default()).unwrap();
+    let lock = lake.try_lock("usage.events", 0).unwrap().unwrap();
+    // Two batches: the rollups of 11-02 are in two files.
+    let half = events.len() / 2;
+    lake.commit(&lock, 0, half as i64 - 1, &events[..half])
+        .unwrap();
+    lake.commit(&lock, half as i64, events.len() as i64 - 1, &events[half..])
+        .unwrap();
+    let ctx = open_catalog(dir.path()).await.unwrap();
+    let table = |b: &[RecordBatch]| {
+        let mut out = Vec::new();
+        tokenmeter_query::output::write_to(b, tokenmeter_query::Format::Table, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let p = AnomalyParams::new(day(2), day(3));
+    insta::assert_snapshot!(
+        "anomalies_report_utc",
+        table(&anomalies_report(&ctx, &p).await.unwrap())
+    );
+    // k = 10: a spend of exactly 10 × the median is not a spike; the large requests remain.
+    let p = AnomalyParams {
+        spend_factor: "10".parse().unwrap(),
+        ..p
+    };
+    let kinds: Vec<String> = rows(&anomalies_report(&ctx, &p).await.unwrap())
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(kinds, ["large_request", "large_request"]);
 }
