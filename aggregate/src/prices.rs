@@ -1193,6 +1193,10 @@ output = "0"
             assert_eq!(b.currency, cur);
             assert!(b.len() >= 8);
         }
+        let b =
+            PriceBook::parse(include_str!("../../schemas/prices.example.v2.toml"), "v2").unwrap();
+        assert_eq!(b.billing_currency("acme"), "CNY");
+        assert_eq!(b.contract("acme").unwrap().tiers.len(), 1);
     }
 
     #[test]
