@@ -8,7 +8,9 @@ log() { printf '\n== %s\n' "$*" >&2; }
 
 # Build prerequisites of rdkafka's bundled librdkafka (./configure build) and of zstd.
 need=()
-for pkg in build-essential pkg-config python3 perl; do
+# chromium and poppler-utils: the invoice's HTML document is rendered by a real browser to PDF
+# and read back with pdftotext.
+for pkg in build-essential pkg-config python3 perl chromium poppler-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -376,6 +376,15 @@ output = "1.40"
         html.contains(&format!("<td class=\"n\" id=\"total\">{total}</td>")),
         "html total"
     );
+    // A real browser renders it; its PDF holds the tenant, every line's amount and the total.
+    let html_path = tmp.path().join("invoice.html");
+    std::fs::write(&html_path, &html).unwrap();
+    let text = pdf_text(&html_path, &tmp.path().join("invoice.pdf"));
+    assert!(text.contains("Invoice") && text.contains(TENANT), "{text}");
+    assert!(text.contains(&total.to_string()), "{text}");
+    for (_, amount) in got.values() {
+        assert!(text.contains(&amount.to_string()), "{amount} in {text}");
+    }
     let csv = ok(&[
         "report",
         "invoice",
@@ -478,4 +487,185 @@ output = "1.40"
         !success && err.contains("2026-10") && err.contains("closed"),
         "{err}"
     );
+}
+
+/// A lake of `n` generated events of October 2026 (seed `seed`) priced with `book`, in batches.
+fn small_lake(dir: &Path, book: &PriceBook, n: u64, seed: u64) {
+    let msgs: Vec<_> = Generator::new(GenConfig {
+        events: n,
+        tenants: 3,
+        seed,
+        invalid_fraction: 0.0,
+        ..Default::default()
+    })
+    .collect();
+    let payloads: Vec<&Vec<u8>> = msgs.iter().map(|m| &m.payload).collect();
+    let lake = Lake::open(dir, LakeOptions::default()).unwrap();
+    commit(&lake, book, &payloads, 0);
+}
+
+/// The golden book: the example list prices, a price for the model they lack, USD→CNY rates
+/// that change mid-month, and acme's contract with an override, discounts and a graduated tier.
+fn golden_book() -> String {
+    let list = std::fs::read_to_string(PRICES).unwrap();
+    format!(
+        r#"{list}
+[[price]]
+provider = "moonshot"
+model = "kimi-k2"
+effective_from = "2025-01-01T00:00:00Z"
+input = "0.60"
+output = "2.50"
+
+[[fx]]
+from = "USD"
+to = "CNY"
+rate = "7.1"
+effective = "2026-10-01"
+
+[[fx]]
+from = "USD"
+to = "CNY"
+rate = "7.12"
+effective = "2026-10-16"
+
+[[tenant]]
+id = "acme"
+billing_currency = "CNY"
+
+[[tenant.price]]
+provider = "openai"
+model = "gpt-4.1"
+effective_from = "2026-10-20T00:00:00Z"
+input = "1.80"
+cache_read = "0.45"
+output = "7.20"
+
+[[tenant.discount]]
+percent = "5"
+
+[[tenant.discount]]
+provider = "anthropic"
+percent = "12.5"
+
+[[tenant.tier]]
+provider = "openai"
+model = "gpt-4.1-mini"
+token_types = ["uncached_input", "output"]
+bands = [{{ up_to = 100000, discount = "0" }}, {{ discount = "20" }}]
+"#
+    )
+}
+
+/// Golden snapshots of the invoice (table and JSON) over a fixed lake and book. Figures checked
+/// by hand on the first run:
+/// - tier: gpt-4.1-mini's first 100,000 uncached input + output tokens of the month (time order)
+///   are band 1 (82,392 + 17,608 = 100,000); 82,392 × $0.40/M × 7.1 × 0.95 = ¥0.2223 → 0.22;
+///   band 2 38,070 × $0.40/M × 7.1 × 0.95 × 0.8 = ¥0.0822 → 0.08;
+/// - override: gpt-4.1 from 2026-10-20 at $1.80/M: 120,513 × 1.8/M × 7.12 × 0.95 = ¥1.4673 → 1.47;
+/// - most specific discount: Anthropic 12.5 %: 79,457 × $0.80/M × 7.1 × 0.875 = ¥0.3949 → 0.39;
+/// - default cache_read = input: kimi-k2 204,127 × $0.60/M × 7.1 × 0.95 = ¥0.8261 → 0.83.
+#[test]
+fn invoice_golden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lake");
+    let text = golden_book();
+    let book = PriceBook::parse(&text, "golden").unwrap();
+    small_lake(&dir, &book, 1_500, 3);
+    let b_path = tmp.path().join("golden.toml");
+    std::fs::write(&b_path, &text).unwrap();
+    let args = |format: &'static str| {
+        vec![
+            "report".to_string(),
+            "invoice".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--prices".into(),
+            b_path.display().to_string(),
+            "--tenant".into(),
+            TENANT.into(),
+            "--month".into(),
+            "2026-10".into(),
+            "--format".into(),
+            format.into(),
+        ]
+    };
+    let table = ok(&args("table").iter().map(String::as_str).collect::<Vec<_>>());
+    insta::assert_snapshot!("invoice_table", table);
+    let json: Value = serde_json::from_str(&ok(&args("json")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()))
+    .unwrap();
+    let mut redacted = json.clone();
+    redacted["prices_hash"] = "[hash]".into();
+    insta::assert_snapshot!(
+        "invoice_json",
+        serde_json::to_string_pretty(&redacted).unwrap()
+    );
+    // Whatever the golden figures, the total is the sum of the lines.
+    let sum: Decimal = json["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| Decimal::from_str(l["amount"].as_str().unwrap()).unwrap())
+        .sum();
+    assert_eq!(
+        Decimal::from_str(json["total"].as_str().unwrap()).unwrap(),
+        sum
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4))]
+
+    /// Repricing with the book that priced the lake changes nothing and writes nothing; after a
+    /// real change, repricing again with the new book is a no-op too.
+    #[test]
+    fn repricing_with_the_same_book_is_a_no_op(seed in 0u64..1_000, n in 50u64..300) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lake");
+        let text = golden_book();
+        let book = PriceBook::parse(&text, "golden").unwrap();
+        small_lake(&dir, &book, n, seed);
+        let at = chrono::Utc::now();
+        let from: chrono::NaiveDate = "2026-10-01".parse().unwrap();
+        let to: chrono::NaiveDate = "2026-11-01".parse().unwrap();
+        let r = rt.block_on(tokenmeter_query::reprice::reprice(&dir, &book, "b", from, to, "t", at)).unwrap();
+        proptest::prop_assert!(matches!(r, tokenmeter_query::reprice::Repriced::NoChange { events } if events > 0), "{r:?}");
+        proptest::prop_assert!(!dir.join("_restatements").join("000001.json").exists());
+        let cheaper = PriceBook::parse(&text.replace("input = \"0.60\"", "input = \"0.50\"").replace("input = \"2.00\"\ncache_read = \"0.50\"", "input = \"1.90\"\ncache_read = \"0.50\"").replace("input = \"0.40\"\ncache_read = \"0.10\"", "input = \"0.41\"\ncache_read = \"0.10\""), "c").unwrap();
+        let r = rt.block_on(tokenmeter_query::reprice::reprice(&dir, &cheaper, "c", from, to, "t", at)).unwrap();
+        proptest::prop_assert!(matches!(r, tokenmeter_query::reprice::Repriced::Restated(_)));
+        let r = rt.block_on(tokenmeter_query::reprice::reprice(&dir, &cheaper, "c", from, to, "t", at)).unwrap();
+        proptest::prop_assert!(matches!(r, tokenmeter_query::reprice::Repriced::NoChange { .. }), "{r:?}");
+    }
+}
+
+/// Print an HTML file to PDF with headless Chromium and return the PDF's text (pdftotext).
+fn pdf_text(html: &Path, pdf: &Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+        ])
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium runs (tests/run.sh installs Debian's chromium)");
+    assert!(
+        out.status.success() && pdf.exists(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("pdftotext")
+        .arg(pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext runs (tests/run.sh installs poppler-utils)");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
 }
