@@ -669,3 +669,124 @@ fn pdf_text(html: &Path, pdf: &Path) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A reprice that crashed after writing files but before its manifest leaves nothing visible,
+/// and the next reprice deletes its files and never reuses its generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_reprice_is_invisible_and_cleaned_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lake");
+    let text = golden_book();
+    let book = PriceBook::parse(&text, "golden").unwrap();
+    small_lake(&dir, &book, 600, 9);
+    let before = cost_total(&dir, None, Source::Raw).await;
+    // Generation 1 "crashed": its intent and a copy of every data file under its name exist,
+    // its manifest does not.
+    let rdir = dir.join("_restatements");
+    std::fs::create_dir_all(&rdir).unwrap();
+    std::fs::write(
+        rdir.join("000001.intent.json"),
+        r#"{"generation":1,"from":"2026-10-01","to":"2026-11-01"}"#,
+    )
+    .unwrap();
+    let mut planted = Vec::new();
+    for f in crate::support::files_under(&dir) {
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        if let Some(stem) = name.strip_suffix(".parquet") {
+            let copy = f.with_file_name(format!("{stem}.r000001.parquet"));
+            std::fs::copy(&f, &copy).unwrap();
+            planted.push(copy);
+        }
+    }
+    assert!(!planted.is_empty());
+    assert_eq!(cost_total(&dir, None, Source::Raw).await, before);
+    assert_eq!(cost_total(&dir, None, Source::Rollups).await, before);
+    // The next reprice (another price) cleans generation 1 up and publishes generation 2.
+    let cheaper = PriceBook::parse(
+        &text.replace(
+            "input = \"0.40\"\ncache_read = \"0.10\"",
+            "input = \"0.41\"\ncache_read = \"0.10\"",
+        ),
+        "c",
+    )
+    .unwrap();
+    let r = tokenmeter_query::reprice::reprice(
+        &dir,
+        &cheaper,
+        "c",
+        "2026-10-01".parse().unwrap(),
+        "2026-11-01".parse().unwrap(),
+        "t",
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let tokenmeter_query::reprice::Repriced::Restated(m) = r else {
+        panic!("expected a restatement, got {r:?}")
+    };
+    assert_eq!(m.generation, 2);
+    assert!(
+        planted.iter().all(|p| !p.exists()),
+        "generation 1's files are deleted"
+    );
+    assert!(!rdir.join("000001.intent.json").exists());
+    let after = cost_total(&dir, None, Source::Raw).await;
+    assert_ne!(after, before);
+    assert_eq!(after, cost_total(&dir, None, Source::Rollups).await);
+}
+
+/// `prices show` explains which price applies and why.
+#[test]
+fn prices_show_explains_the_price() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("golden.toml");
+    std::fs::write(&path, golden_book()).unwrap();
+    let p = path.to_str().unwrap();
+    let out = ok(&[
+        "prices",
+        "show",
+        "--prices",
+        p,
+        "--model",
+        "gpt-4.1",
+        "--tenant",
+        TENANT,
+        "--at",
+        "2026-10-21T00:00:00Z",
+    ]);
+    assert!(
+        out.contains("openai/gpt-4.1") && out.contains("billed in CNY"),
+        "{out}"
+    );
+    assert!(
+        out.contains("contract price") && out.contains("input 1.800000"),
+        "{out}"
+    );
+    assert!(out.contains("discount: 5%"), "{out}");
+    assert!(
+        out.contains("fx: 1 USD = 7.12 CNY (effective 2026-10-16)"),
+        "{out}"
+    );
+    let out = ok(&[
+        "prices",
+        "show",
+        "--prices",
+        p,
+        "--model",
+        "gpt-4.1-mini",
+        "--tenant",
+        TENANT,
+        "--at",
+        "2026-10-21T00:00:00Z",
+    ]);
+    assert!(out.contains("applies: the list entry"), "{out}");
+    assert!(
+        out.contains("tier (output): openai/gpt-4.1-mini graduated"),
+        "{out}"
+    );
+    let (success, _, err) = run(&["prices", "show", "--prices", p, "--model", "nope"]);
+    assert!(
+        !success && err.contains("no price for a model named \"nope\""),
+        "{err}"
+    );
+}
