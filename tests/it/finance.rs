@@ -454,6 +454,19 @@ output = "1.40"
         "--format",
         "csv",
     ]);
+    // Golden: the adjustments report as a table (every tenant); its token sums are checked
+    // against the oracle just below for acme. Checked by hand: claude-3-5-haiku uncached input
+    // 51,322 × $0.80/M = 0.0410576; claude-sonnet-4 cache write 2,161 × $3.75/M = 0.00810375;
+    // deepseek-chat cache read 17,543 × $0.0028/M = 0.0000491204.
+    let table = ok(&[
+        "report",
+        "adjustments",
+        "--data-dir",
+        lake_dir,
+        "--month",
+        "2026-11",
+    ]);
+    insta::assert_snapshot!("adjustments_table", table);
     let late_tokens: i64 = want.values().sum();
     let listed: i64 = report
         .lines()
