@@ -6,9 +6,12 @@
 //!   against totals computed independently from the generated JSON; restart after a crash.
 //! - `reports`: reports from rollups equal reports from raw events.
 //! - `clickhouse`: the ClickHouse sink, reconcile and dashboards against the real server.
+//! - `budgets`: budget alerts exactly once on the alerts topic (and at least once to a webhook)
+//!   through SIGKILLs at every step of the alert protocol, against the real broker.
 //!
 //! `support` holds the independent oracle (cost computed with rust_decimal from the TOML).
 
+mod budgets;
 mod cli;
 mod clickhouse;
 mod contract;
