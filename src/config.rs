@@ -45,6 +45,20 @@ pub struct AggregateFile {
     /// ClickHouse sink, e.g. `[clickhouse] url = "http://127.0.0.1:8123"`.
     #[serde(default)]
     pub clickhouse: ClickHouseFile,
+    /// Budget alerts, e.g. `[alerts] topic = "tokenmeter.alerts"`.
+    #[serde(default)]
+    pub alerts: AlertsFile,
+}
+
+/// `[alerts]` of the aggregator's configuration file: budget alerts of the price book's
+/// `[[tenant.budget]]` entries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Topic the alerts are produced to (must exist); alerts are off without it.
+    pub topic: Option<String>,
+    /// `http://` URL each alert is also POSTed to, with `Idempotency-Key: <alert id>`.
+    pub webhook: Option<String>,
 }
 
 /// `[clickhouse]` of the aggregator's configuration file.
@@ -70,7 +84,7 @@ impl AggregateFile {
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
         toml::from_str(&text).with_context(|| {
             format!(
-                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka, [clickhouse] url/database/table/user/password)",
+                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka, [clickhouse] url/database/table/user/password, [alerts] topic/webhook)",
                 path.display()
             )
         })

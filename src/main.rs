@@ -148,6 +148,15 @@ struct AggregateArgs {
     kafka: Vec<(String, String)>,
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
+    /// Budget alerts: watch the price book's [[tenant.budget]] entries (calendar months in UTC)
+    /// and produce one alert per tenant or agent, month and threshold to this topic (it must
+    /// exist; alerts are keyed by tenant).
+    #[arg(long, env = "TOKENMETER_ALERTS_TOPIC", value_name = "TOPIC")]
+    alerts_topic: Option<String>,
+    /// Also POST each alert's JSON to this http:// URL with `Idempotency-Key: <alert id>`,
+    /// retried with backoff (up to 30 s) until it answers 2xx. Needs --alerts-topic.
+    #[arg(long, env = "TOKENMETER_ALERTS_WEBHOOK", value_name = "URL")]
+    alerts_webhook: Option<String>,
 }
 
 /// Where the ClickHouse rollup tables are.
@@ -705,6 +714,27 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
         cfg.lake.fail_action = tokenmeter_aggregate::lake::FailAction::Kill;
     }
     cfg.clickhouse = a.clickhouse.target(&file.clickhouse);
+    let alerts_topic = a.alerts_topic.or(file.alerts.topic);
+    let alerts_webhook = a.alerts_webhook.or(file.alerts.webhook);
+    match (alerts_topic, alerts_webhook) {
+        (Some(topic), webhook) => {
+            let mut o = tokenmeter_ingest::alerts::AlertsOptions::new(topic);
+            o.webhook = webhook;
+            o.fail_point = cfg.lake.fail_point;
+            o.fail_action = cfg.lake.fail_action;
+            cfg.alerts = Some(o);
+        }
+        (None, Some(_)) => bail!(
+            "--alerts-webhook needs --alerts-topic (TOKENMETER_ALERTS_TOPIC, or `topic` under [alerts] in the --config file): alerts go to the topic exactly once, then to the webhook"
+        ),
+        (None, None) => {
+            if book.contracts().any(|c| !c.budgets.is_empty()) {
+                tracing::info!(
+                    "the price book has budgets; pass --alerts-topic to raise their alerts"
+                );
+            }
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = a.metrics_addr.or(file.metrics_addr) {
         let server = tokenmeter_ingest::metrics::serve(addr, metrics.clone())

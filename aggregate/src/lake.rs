@@ -25,10 +25,14 @@
 //! `flock` is exclusive across processes on one host's local file system; see ARCHITECTURE.md
 //! for the limits (no NFS).
 //!
-//! Also here: reading back the dedupe keys of committed raw events ([`Lake::load_keys`]).
+//! Also here: reading back the dedupe keys of committed raw events ([`Lake::load_keys`]), and
+//! for budgets the partition's alert ledger ([`Lake::ledger`], [`Lake::write_ledger`], written
+//! atomically like the commit state) and its committed events ([`Lake::committed_event_files`],
+//! [`Lake::read_spend_events`]).
 //!
 //! Not here: Kafka (the caller supplies offsets) and the dedupe index itself ([`crate::dedupe`]).
 
+use crate::budgets::{Ledger, SpendEvent};
 use crate::dedupe::{self, Key};
 use crate::record::{PricedEvent, events_batch, rollup_batch};
 use crate::rollup::fold;
@@ -44,7 +48,8 @@ use tokenmeter_schemas::layout::{
     self, EVENTS_DIR, FileId, PartitionState, PendingBatch, ROLLUPS_DIR, TMP_SUFFIX,
 };
 
-/// A point in the commit protocol where a test can make the writer fail as if it crashed.
+/// A point in the commit protocol (or in the alert protocol that follows it) where a test can
+/// make the process fail as if it crashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailPoint {
     /// Files written and fsynced under temporary names; no intent yet.
@@ -57,6 +62,12 @@ pub enum FailPoint {
     MidRename,
     /// Batch committed in the lake; Kafka offsets not yet committed (the caller's next step).
     AfterCommit,
+    /// A budget alert recorded in the ledger (intent), not yet produced to the alerts topic.
+    AlertAfterIntent,
+    /// A budget alert acknowledged by the alerts topic, its ledger entry not yet updated.
+    AlertAfterSend,
+    /// A webhook answered 2xx for an alert, its ledger entry not yet updated.
+    WebhookAfterPost,
 }
 
 impl std::str::FromStr for FailPoint {
@@ -68,12 +79,40 @@ impl std::str::FromStr for FailPoint {
             "after_intent" => FailPoint::AfterIntent,
             "mid_rename" => FailPoint::MidRename,
             "after_commit" => FailPoint::AfterCommit,
+            "alert_after_intent" => FailPoint::AlertAfterIntent,
+            "alert_after_send" => FailPoint::AlertAfterSend,
+            "webhook_after_post" => FailPoint::WebhookAfterPost,
             _ => {
                 return Err(format!(
-                    "unknown fail point {s:?}: mid_write|before_intent|after_intent|mid_rename|after_commit"
+                    "unknown fail point {s:?}: mid_write|before_intent|after_intent|mid_rename|after_commit|alert_after_intent|alert_after_send|webhook_after_post"
                 ));
             }
         })
+    }
+}
+
+/// Act on a fail point: when `configured` is `at` on its `n`th occurrence, fail as `action`
+/// says (an error, or SIGKILL of this process on the spot).
+pub fn trip(
+    configured: Option<(FailPoint, u64)>,
+    action: FailAction,
+    at: FailPoint,
+    n: u64,
+) -> Result<()> {
+    match configured {
+        Some((p, k)) if p == at && k == n => match action {
+            FailAction::Error => Err(Error::FailPoint(at)),
+            FailAction::Kill => {
+                tracing::warn!(?at, n, "fail point reached: SIGKILL");
+                // SAFETY: kill(2) and getpid(2) take plain integers and touch no memory of
+                // this process; the signal ends it.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+                unreachable!("SIGKILL returned")
+            }
+        },
+        _ => Ok(()),
     }
 }
 
@@ -173,6 +212,20 @@ fn publish(staged: &Path, fin: &Path) -> Result<()> {
     let dir = fin.parent().expect("file has a parent");
     fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
     fs::rename(staged, fin).map_err(Error::io("rename", fin))
+}
+
+/// Replace the file at `path` with `bytes` atomically: write a temporary file, fsync it, rename
+/// it over `path`, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("state path has a parent");
+    fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+    let tmp = tmp_of(path);
+    let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(Error::io("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(Error::io("rename", path))?;
+    fsync_dir(dir)
 }
 
 /// The staging directory of one partition.
@@ -307,16 +360,10 @@ impl Lake {
 
     fn write_state(&self, s: &PartitionState) -> Result<()> {
         let path = self.state_file(&s.topic, s.partition);
-        let dir = path.parent().expect("state path has a parent");
-        fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
-        let tmp = tmp_of(&path);
-        let bytes = serde_json::to_vec_pretty(s).expect("state serializes");
-        let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all(&bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(Error::io("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(Error::io("rename", &path))?;
-        fsync_dir(dir)
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(s).expect("state serializes"),
+        )
     }
 
     /// Make the partition's files agree with its state and return the offset to resume from
@@ -361,21 +408,7 @@ impl Lake {
     }
 
     fn fail(&self, at: FailPoint, n: u64) -> Result<()> {
-        match self.opts.fail_point {
-            Some((p, k)) if p == at && k == n => match self.opts.fail_action {
-                FailAction::Error => Err(Error::FailPoint(at)),
-                FailAction::Kill => {
-                    tracing::warn!(?at, commit = n, "fail point reached: SIGKILL");
-                    // SAFETY: kill(2) and getpid(2) take plain integers and touch no memory of
-                    // this process; the signal ends it.
-                    unsafe {
-                        libc::kill(libc::getpid(), libc::SIGKILL);
-                    }
-                    unreachable!("SIGKILL returned")
-                }
-            },
-            _ => Ok(()),
-        }
+        trip(self.opts.fail_point, self.opts.fail_action, at, n)
     }
 
     /// Write `batch` as Parquet at `tmp` and fsync it.
@@ -558,4 +591,225 @@ impl Lake {
         }
         Ok(out)
     }
+
+    fn ledger_file(&self, topic: &str, partition: i32) -> PathBuf {
+        self.root.join(layout::alert_ledger_path(topic, partition))
+    }
+
+    /// The partition's budget alert ledger, `None` if it has none yet.
+    pub fn ledger(&self, lock: &PartitionLock) -> Result<Option<Ledger>> {
+        let (topic, partition) = (lock.topic(), lock.partition());
+        let path = self.ledger_file(topic, partition);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path)(e)),
+        };
+        let l: Ledger = serde_json::from_slice(&bytes).map_err(|e| Error::State {
+            path: path.clone(),
+            message: format!("the alert ledger cannot be read ({e}); restore it from a backup, or delete it to evaluate budgets from the lake's committed offset on (alerts already sent this month would be sent again)"),
+        })?;
+        if l.version != 1 || l.topic != topic || l.partition != partition {
+            return Err(Error::State {
+                path,
+                message: format!(
+                    "expected an alert ledger version 1 of {topic}/{partition}, found version {} of {}/{}",
+                    l.version, l.topic, l.partition
+                ),
+            });
+        }
+        Ok(Some(l))
+    }
+
+    /// Write the partition's alert ledger atomically (temp, fsync, rename, fsync directory).
+    pub fn write_ledger(&self, lock: &PartitionLock, l: &Ledger) -> Result<()> {
+        assert!(
+            l.topic == lock.topic() && l.partition == lock.partition(),
+            "a ledger is written under its own partition's lock"
+        );
+        let path = self.ledger_file(&l.topic, l.partition);
+        write_atomic(&path, &serde_json::to_vec(l).expect("ledger serializes"))
+    }
+
+    /// The partition's alert ledger; if it has none, a new one that starts evaluating after the
+    /// lake's committed offset (budgets turned on for a lake that already holds data do not
+    /// re-evaluate its past batches), written before it is returned.
+    pub fn ensure_ledger(&self, lock: &PartitionLock) -> Result<Ledger> {
+        if let Some(l) = self.ledger(lock)? {
+            return Ok(l);
+        }
+        let c = self
+            .state(lock.topic(), lock.partition())?
+            .committed_through;
+        let l = Ledger::new(lock.topic(), lock.partition(), c);
+        self.write_ledger(lock, &l)?;
+        tracing::info!(
+            topic = lock.topic(),
+            partition = lock.partition(),
+            evaluated_through = c,
+            "alert ledger created: budgets are evaluated for batches committed after this offset"
+        );
+        Ok(l)
+    }
+
+    /// The partition's committed raw-event files (`last` ≤ `through`), of the given UTC dates or
+    /// of every date, ordered by offset.
+    pub fn committed_event_files(
+        &self,
+        lock: &PartitionLock,
+        dates: Option<&[chrono::NaiveDate]>,
+        through: i64,
+    ) -> Result<Vec<EventFile>> {
+        let table = self.root.join(EVENTS_DIR);
+        let dirs: Vec<(chrono::NaiveDate, PathBuf)> = match dates {
+            Some(ds) => ds
+                .iter()
+                .map(|d| (*d, self.root.join(layout::date_dir(EVENTS_DIR, *d))))
+                .collect(),
+            None => {
+                let mut v = Vec::new();
+                let rd = match fs::read_dir(&table) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(Error::io("list", &table)(e)),
+                };
+                for e in rd {
+                    let e = e.map_err(Error::io("list", &table))?;
+                    let date = e
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("date="))
+                        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+                    if let Some(d) = date {
+                        v.push((d, e.path()));
+                    }
+                }
+                v
+            }
+        };
+        let mut out = Vec::new();
+        for (date, dir) in dirs {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", &dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(Error::io("list", &dir))?;
+                let Some(id) = entry.file_name().to_str().and_then(FileId::parse) else {
+                    continue;
+                };
+                if id.topic == lock.topic()
+                    && id.partition == lock.partition()
+                    && id.last <= through
+                {
+                    out.push(EventFile {
+                        date,
+                        id,
+                        path: entry.path(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|a| (a.id.first, a.date));
+        Ok(out)
+    }
+
+    /// The events of a committed raw-event file whose tenant `keep` accepts, with what budgets
+    /// need of them (six of the table's columns are read).
+    pub fn read_spend_events(
+        &self,
+        file: &EventFile,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<SpendEvent>> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+        use parquet::arrow::ProjectionMask;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let path = &file.path;
+        let dec = |e: String| Error::Encode {
+            what: "budget spend (reading parquet)",
+            message: format!("{}: {e}", path.display()),
+        };
+        let f = File::open(path).map_err(Error::io("open", path))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| dec(e.to_string()))?;
+        let schema = builder.schema().clone();
+        let names = [
+            "tenant_id",
+            "agent_id",
+            "provider",
+            "model",
+            "event_time",
+            "tokens_uncached_input",
+            "tokens_cache_read",
+            "tokens_cache_write",
+            "tokens_output",
+            "tokens_reasoning",
+        ];
+        let mut roots = Vec::new();
+        for n in names {
+            roots.push(
+                schema
+                    .index_of(n)
+                    .map_err(|_| dec(format!("no column {n}")))?,
+            );
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| dec(e.to_string()))?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| dec(e.to_string()))?;
+            let s = batch.schema();
+            let col = |n: &str| batch.column(s.index_of(n).expect("projected column"));
+            let tenant = col("tenant_id").as_string::<i32>();
+            let agent = col("agent_id").as_string::<i32>();
+            let provider = col("provider").as_string::<i32>();
+            let model = col("model").as_string::<i32>();
+            let time = col("event_time").as_primitive::<TimestampMicrosecondType>();
+            let tokens: Vec<_> = tokenmeter_schemas::Buckets::NAMES
+                .iter()
+                .map(|b| {
+                    col(&format!("tokens_{b}"))
+                        .as_primitive::<Int64Type>()
+                        .clone()
+                })
+                .collect();
+            for i in 0..batch.num_rows() {
+                if !keep(tenant.value(i)) {
+                    continue;
+                }
+                let t = |k: usize| tokens[k].value(i).max(0) as u64;
+                out.push(SpendEvent {
+                    tenant: tenant.value(i).to_string(),
+                    agent: (!agent.is_null(i)).then(|| agent.value(i).to_string()),
+                    provider: provider.value(i).to_string(),
+                    model: model.value(i).to_string(),
+                    time: chrono::DateTime::from_timestamp_micros(time.value(i))
+                        .ok_or_else(|| dec(format!("event_time {} out of range", time.value(i))))?,
+                    buckets: tokenmeter_schemas::Buckets {
+                        uncached_input: t(0),
+                        cache_read: t(1),
+                        cache_write: t(2),
+                        output: t(3),
+                        reasoning: t(4),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A committed raw-event file of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFile {
+    /// The UTC date of its events.
+    pub date: chrono::NaiveDate,
+    /// Its batch.
+    pub id: FileId,
+    pub path: PathBuf,
 }

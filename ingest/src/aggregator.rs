@@ -76,6 +76,9 @@ pub struct AggregatorConfig {
     pub clickhouse: Option<tokenmeter_aggregate::clickhouse::Target>,
     /// Settings of the ClickHouse sink.
     pub clickhouse_sink: crate::chsink::SinkOptions,
+    /// Budget alerts (the book's `[[tenant.budget]]`) to a topic and a webhook (see
+    /// [`crate::alerts`]).
+    pub alerts: Option<crate::alerts::AlertsOptions>,
 }
 
 impl AggregatorConfig {
@@ -98,6 +101,7 @@ impl AggregatorConfig {
             dedupe_max_keys: 4_000_000,
             clickhouse: None,
             clickhouse_sink: Default::default(),
+            alerts: None,
         }
     }
 }
@@ -129,6 +133,8 @@ struct Assignment {
 struct Ctx {
     lake: Arc<Lake>,
     topic: String,
+    /// Whether budget alerts are on: a partition's alert ledger is created on assignment.
+    alerts: bool,
     shared: Arc<Mutex<Assignment>>,
     /// High watermark per partition of the topic, as the latest fetch responses report it
     /// (librdkafka's statistics, every second).
@@ -213,6 +219,13 @@ impl ConsumerContext for Ctx {
                         None => self.acquire(p).map(Arc::new),
                     };
                     let res = lock.and_then(|lock| Ok((self.lake.recover(&lock)?, lock)));
+                    if self.alerts
+                        && let Ok((_, lock)) = &res
+                        && let Err(e) = self.lake.ensure_ledger(lock)
+                    {
+                        // The alerts task creates it when it takes the partition over.
+                        warn!(partition = p, error = %e, "creating the partition's alert ledger failed; retried by the alerts task");
+                    }
                     let mut shared = self.shared.lock().expect("lock");
                     match res {
                         Ok((resume, lock)) => {
@@ -337,6 +350,7 @@ pub async fn run_aggregator(
     let ctx = Ctx {
         lake: lake.clone(),
         topic: cfg.topic.clone(),
+        alerts: cfg.alerts.is_some(),
         shared: shared.clone(),
         high: Mutex::new(HashMap::new()),
     };
@@ -375,8 +389,27 @@ pub async fn run_aggregator(
         }
         None => None,
     };
+    let alerts = match &cfg.alerts {
+        Some(opts) => {
+            let shared = shared.clone();
+            let owned: crate::chsink::Owned =
+                Arc::new(move || shared.lock().expect("lock").locks.clone());
+            Some(crate::alerts::Alerts::start(
+                opts.clone(),
+                &cfg.brokers,
+                &cfg.kafka_extra,
+                lake.clone(),
+                cfg.topic.clone(),
+                Arc::new(book.clone()),
+                owned,
+                metrics.clone(),
+            )?)
+        }
+        None => None,
+    };
     let ctx = Loop {
         sink: sink.as_ref(),
+        alerts: alerts.as_ref(),
         cfg: &cfg,
         book: &book,
         lake: &lake,
@@ -490,6 +523,9 @@ pub async fn run_aggregator(
     if let Some(sink) = sink {
         sink.finish(Duration::from_secs(15)).await;
     }
+    if let Some(alerts) = alerts {
+        alerts.finish().await;
+    }
     Ok(RunSummary {
         committed_events: metrics.committed_events.load(Relaxed),
         dead_lettered: metrics.dead_lettered.load(Relaxed),
@@ -506,6 +542,7 @@ struct Loop<'a> {
     lake: &'a Arc<Lake>,
     metrics: &'a Metrics,
     sink: Option<&'a crate::chsink::Sink>,
+    alerts: Option<&'a crate::alerts::Alerts>,
     shared: &'a Mutex<Assignment>,
     producer: &'a FutureProducer,
 }
@@ -799,6 +836,14 @@ impl Loop<'_> {
                             files: report.files,
                         });
                     }
+                    if let Some(alerts) = self.alerts {
+                        alerts.committed(crate::alerts::Committed {
+                            partition: p,
+                            first,
+                            last,
+                            events: events.clone(),
+                        });
+                    }
                     break;
                 }
                 Err(e @ tokenmeter_aggregate::Error::FailPoint(_)) => return Err(e.into()),
@@ -814,6 +859,9 @@ impl Loop<'_> {
                             // is on disk only: the sink re-lists the lake.
                             if let Some(sink) = self.sink {
                                 sink.resync();
+                            }
+                            if let Some(alerts) = self.alerts {
+                                alerts.resync();
                             }
                             break;
                         }

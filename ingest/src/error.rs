@@ -23,6 +23,9 @@ pub enum Error {
     /// The configuration is not usable.
     #[error("configuration: {0}")]
     Config(String),
+    /// A step of the budget alerts task could not be done now (it is retried).
+    #[error("budget alerts: {0}")]
+    Alerts(String),
 }
 
 impl Error {

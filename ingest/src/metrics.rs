@@ -60,6 +60,16 @@ pub struct Metrics {
     pub ch_lag_messages: AtomicU64,
     /// Whether a ClickHouse sink is configured (its metrics are only exposed then).
     pub ch_enabled: std::sync::atomic::AtomicBool,
+    /// Budget alerts: produced to the alerts topic by this process, by threshold.
+    pub alerts_by_threshold: Mutex<BTreeMap<u32, u64>>,
+    /// Budget alerts: webhook attempts that failed (retried with backoff).
+    pub alert_webhook_failures: AtomicU64,
+    /// Budget alerts: recorded but not yet known to be on the alerts topic.
+    pub alerts_unsent: AtomicU64,
+    /// Budget alerts: on the topic, webhook delivery pending.
+    pub alerts_webhook_pending: AtomicU64,
+    /// Whether budget alerts are on (their metrics are only exposed then).
+    pub alerts_enabled: std::sync::atomic::AtomicBool,
     flush_buckets: [AtomicU64; FLUSH_BUCKETS.len()],
     flush_count: AtomicU64,
     flush_micros: AtomicU64,
@@ -85,6 +95,16 @@ impl Metrics {
         for (r, n) in by_reason {
             *m.entry(r.clone()).or_default() += n;
         }
+    }
+
+    /// Count an alert produced to the alerts topic.
+    pub fn add_alert(&self, threshold: u32) {
+        *self
+            .alerts_by_threshold
+            .lock()
+            .expect("metrics lock")
+            .entry(threshold)
+            .or_default() += 1;
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
@@ -153,6 +173,31 @@ impl Metrics {
                 o,
                 "# HELP tokenmeter_clickhouse_lag_messages Kafka offsets committed to the lake but not yet to ClickHouse.\n# TYPE tokenmeter_clickhouse_lag_messages gauge\ntokenmeter_clickhouse_lag_messages {}",
                 self.ch_lag_messages.load(Relaxed)
+            );
+        }
+        if self.alerts_enabled.load(Relaxed) {
+            let _ = writeln!(
+                o,
+                "# HELP tokenmeter_alerts_total Budget alerts produced to the alerts topic, by threshold percent.\n# TYPE tokenmeter_alerts_total counter"
+            );
+            for (t, n) in self
+                .alerts_by_threshold
+                .lock()
+                .expect("metrics lock")
+                .iter()
+            {
+                let _ = writeln!(o, "tokenmeter_alerts_total{{threshold=\"{t}\"}} {n}");
+            }
+            let _ = writeln!(
+                o,
+                "# HELP tokenmeter_alert_webhook_failures_total Budget alert webhook attempts that failed (retried with backoff).\n# TYPE tokenmeter_alert_webhook_failures_total counter\ntokenmeter_alert_webhook_failures_total {}",
+                self.alert_webhook_failures.load(Relaxed)
+            );
+            let _ = writeln!(
+                o,
+                "# HELP tokenmeter_alerts_unsent Budget alerts recorded but not yet on the alerts topic.\n# TYPE tokenmeter_alerts_unsent gauge\ntokenmeter_alerts_unsent {}\n# HELP tokenmeter_alerts_webhook_pending Budget alerts on the topic whose webhook delivery is pending.\n# TYPE tokenmeter_alerts_webhook_pending gauge\ntokenmeter_alerts_webhook_pending {}",
+                self.alerts_unsent.load(Relaxed),
+                self.alerts_webhook_pending.load(Relaxed)
             );
         }
         let _ = writeln!(

@@ -7,6 +7,7 @@
 //! DIR/rollups/hourly/date=YYYY-MM-DD/{topic}-p{partition}-{first:020}-{last:020}.parquet
 //! DIR/_state/{topic}/p{partition}.json            commit state of one Kafka partition
 //! DIR/_state/{topic}/p{partition}.lock            flock held by the partition's one writer
+//! DIR/_state/{topic}/alerts/p{partition}.json     budget alert ledger of one Kafka partition
 //! DIR/_staging/{topic}/p{partition}/…/*.parquet.tmp  files being written (never read)
 //! DIR/{events,rollups/hourly}/date=…/{…}.r{generation:06}.parquet  restated files
 //! DIR/_restatements/{generation:06}.json          a committed restatement (its audit record)
@@ -167,6 +168,12 @@ pub fn state_path(topic: &str, partition: i32) -> String {
 /// Relative path of a partition's lock file (an exclusive `flock` held by its one writer).
 pub fn lock_path(topic: &str, partition: i32) -> String {
     format!("{STATE_DIR}/{topic}/p{partition}.lock")
+}
+
+/// Relative path of a partition's budget alert ledger (in a subdirectory: readers of the commit
+/// states list only the files of `_state/{topic}/`).
+pub fn alert_ledger_path(topic: &str, partition: i32) -> String {
+    format!("{STATE_DIR}/{topic}/alerts/p{partition}.json")
 }
 
 /// Relative path of a partition's staging directory.

@@ -7,12 +7,15 @@
 //! - `reports`: reports from rollups equal reports from raw events; golden report snapshots
 //!   (cost, agent share, anomalies).
 //! - `clickhouse`: the ClickHouse sink, reconcile and dashboards against the real server.
+//! - `budgets`: budget alerts exactly once on the alerts topic (and at least once to a webhook)
+//!   through SIGKILLs at every step of the alert protocol, against the real broker.
 //! - `finance`: invoices by contract, repricing with `--as-of`, closing a month and its
 //!   adjustments, through the binary against an independent oracle.
 //! - `litellm`: `prices import-litellm` on LiteLLM's real catalog against a Python oracle.
 //!
 //! `support` holds the independent oracle (cost computed with rust_decimal from the TOML).
 
+mod budgets;
 mod cli;
 mod clickhouse;
 mod contract;

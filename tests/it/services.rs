@@ -467,6 +467,7 @@ pub fn free_port() -> u16 {
 /// One message read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Read {
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
 }
@@ -497,6 +498,7 @@ pub fn read_topic(brokers: &str, topic: &str, partitions: i32) -> Vec<Read> {
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) if m.offset() < high[&m.partition()] => {
                 let read = Read {
+                    key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: m
                         .headers()
