@@ -212,42 +212,47 @@ impl Restated {
 
 /// Every committed restatement manifest of the lake, by generation.
 pub fn read_restatements(root: &std::path::Path) -> Result<Vec<Restatement>> {
-    let dir = root.join(RESTATEMENTS_DIR);
-    let entries = match std::fs::read_dir(&dir) {
+    let mut out: Vec<Restatement> = read_records(
+        &root.join(RESTATEMENTS_DIR),
+        "restatement manifest",
+        |stem| {
+            // Manifests only: not intents (`*.intent.json`) nor temp files.
+            stem.len() == 6 && stem.bytes().all(|b| b.is_ascii_digit())
+        },
+    )?;
+    out.sort_by_key(|r| r.generation);
+    Ok(out)
+}
+
+/// The JSON records `{stem}.json` of a directory whose stem `keep` accepts; a missing directory
+/// holds none. `what` names a record in errors.
+pub fn read_records<T: serde::de::DeserializeOwned>(
+    dir: &std::path::Path,
+    what: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<T>> {
+    let err = |path: &std::path::Path, message: String| Error::LakeState {
+        path: path.to_path_buf(),
+        message,
+    };
+    let entries = match std::fs::read_dir(dir) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Error::LakeState {
-                path: dir,
-                message: e.to_string(),
-            });
-        }
+        Err(e) => return Err(err(dir, e.to_string())),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry
-            .map_err(|e| Error::LakeState {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?
-            .path();
+        let path = entry.map_err(|e| err(dir, e.to_string()))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let Some(stem) = name.strip_suffix(".json") else {
-            continue;
-        };
-        if stem.len() != 6 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-            continue; // intents and temp files
+        match name.strip_suffix(".json") {
+            Some(stem) if keep(stem) => {}
+            _ => continue,
         }
-        let err = |message: String| Error::LakeState {
-            path: path.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let r: Restatement = serde_json::from_str(&text)
-            .map_err(|e| err(format!("not a restatement manifest: {e}")))?;
-        out.push(r);
+        let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e.to_string()))?;
+        out.push(
+            serde_json::from_str(&text).map_err(|e| err(&path, format!("not a {what}: {e}")))?,
+        );
     }
-    out.sort_by_key(|r| r.generation);
     Ok(out)
 }
 

@@ -8,7 +8,7 @@
 //!
 //! Not here: pricing (see [`crate::invoice`]).
 
-use crate::lake_store::CommittedOffsets;
+use crate::lake_store::{CommittedOffsets, read_records};
 use crate::localtime::day_start;
 use crate::{Error, Result};
 use chrono::{DateTime, Months, NaiveDate, Utc};
@@ -60,38 +60,7 @@ pub fn cut_entries(c: &CommittedOffsets) -> Vec<CutEntry> {
 
 /// Every close of the lake, by month.
 pub fn read_closes(root: &Path) -> Result<Vec<Close>> {
-    let dir = root.join(CLOSES_DIR);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Error::LakeState {
-                path: dir,
-                message: e.to_string(),
-            });
-        }
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| Error::LakeState {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?
-            .path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let err = |message: String| Error::LakeState {
-            path: path.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        let c: Close =
-            serde_json::from_str(&text).map_err(|e| err(format!("not a close record: {e}")))?;
-        out.push(c);
-    }
+    let mut out: Vec<Close> = read_records(&root.join(CLOSES_DIR), "close record", |_| true)?;
     out.sort_by(|a, b| a.month.cmp(&b.month));
     Ok(out)
 }

@@ -57,16 +57,7 @@ fn oracle_lines(payloads: &[&Vec<u8>], book: &Book, tenant: &str) -> Lines {
         if v["subject"] != tenant {
             continue;
         }
-        let u = &v["data"]["usage"];
-        let n = |k: &str| u.get(k).and_then(Value::as_i64).unwrap_or(0);
-        let (i, cr, cw, o, r) = (
-            n("input_tokens"),
-            n("cache_read_input_tokens"),
-            n("cache_creation_input_tokens"),
-            n("output_tokens"),
-            n("reasoning_output_tokens"),
-        );
-        let tokens = [i - cr - cw, cr, cw, o - r, r];
+        let tokens = crate::support::billable(&v);
         let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap())
             .unwrap()
             .to_utc();

@@ -73,22 +73,28 @@ impl Book {
     }
 }
 
+/// The five billable buckets of an event's JSON (uncached input, cache read, cache write, output,
+/// reasoning), from the reported counts: input includes the cache, output the reasoning.
+pub fn billable(v: &Value) -> [i64; 5] {
+    let u = &v["data"]["usage"];
+    let n = |k: &str| u.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let (i, cr, cw, o, r) = (
+        n("input_tokens"),
+        n("cache_read_input_tokens"),
+        n("cache_creation_input_tokens"),
+        n("output_tokens"),
+        n("reasoning_output_tokens"),
+    );
+    [i - cr - cw, cr, cw, o - r, r]
+}
+
 /// Expected per-tenant totals of valid events given as JSON payloads.
 pub fn expected(payloads: &[Vec<u8>], book: &Book) -> BTreeMap<String, Expected> {
     let mut out: BTreeMap<String, Expected> = BTreeMap::new();
     let million = Decimal::from(1_000_000);
     for p in payloads {
         let v: Value = serde_json::from_slice(p).unwrap();
-        let u = &v["data"]["usage"];
-        let n = |k: &str| u.get(k).and_then(Value::as_i64).unwrap_or(0);
-        let (i, cr, cw, o, r) = (
-            n("input_tokens"),
-            n("cache_read_input_tokens"),
-            n("cache_creation_input_tokens"),
-            n("output_tokens"),
-            n("reasoning_output_tokens"),
-        );
-        let tokens = [i - cr - cw, cr, cw, o - r, r];
+        let tokens = billable(&v);
         let e = out
             .entry(v["subject"].as_str().unwrap().to_string())
             .or_default();
