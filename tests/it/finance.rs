@@ -391,6 +391,45 @@ output = "1.40"
         "csv",
     ]);
     assert_eq!(csv.lines().count(), got.len() + 1);
+    // October in Los Angeles (PDT, UTC−7): [2026-10-01T07:00Z, 2026-11-01T07:00Z); the events
+    // of the first seven UTC hours of October belong to September there.
+    let (start, end) = (
+        chrono::DateTime::parse_from_rfc3339("2026-10-01T07:00:00Z").unwrap(),
+        chrono::DateTime::parse_from_rfc3339("2026-11-01T07:00:00Z").unwrap(),
+    );
+    let in_la_october: Vec<&Vec<u8>> = early
+        .iter()
+        .copied()
+        .filter(|p| {
+            let v: Value = serde_json::from_slice(p).unwrap();
+            let t = chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap();
+            start <= t && t < end
+        })
+        .collect();
+    assert!(in_la_october.len() < early.len());
+    let la = ok(&[
+        "report",
+        "invoice",
+        "--data-dir",
+        lake_dir,
+        "--prices",
+        c,
+        "--tenant",
+        TENANT,
+        "--month",
+        "2026-10",
+        "--tz",
+        "America/Los_Angeles",
+        "--format",
+        "json",
+    ]);
+    let la = invoice_lines(&serde_json::from_str(&la).unwrap(), "usage");
+    assert_eq!(
+        la.iter()
+            .map(|(k, (t, _))| (k.clone(), *t))
+            .collect::<Lines>(),
+        oracle_lines(&in_la_october, &oracle_c, TENANT)
+    );
 
     // Close October; the late events arrive; October's invoice does not move.
     let out = ok(&[
