@@ -4,6 +4,7 @@
 //! This file parses arguments and wires the library crates together; the work is done in
 //! `tokenmeter-ingest`, `tokenmeter-aggregate` and `tokenmeter-query`.
 
+mod bench;
 mod config;
 mod demo;
 mod finance_cmd;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline on an in-process Kafka mock cluster: generate, aggregate, report.
     Demo(demo::DemoArgs),
+    /// Measure the pipeline on generated traffic (consume, aggregate, stages, storage, reports)
+    /// and write the figures as a table and JSON; see BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Consume usage events from Kafka into the exactly-once Parquet lake.
     Aggregate(Box<AggregateArgs>),
     /// Generate deterministic, realistic usage events (to a JSON-lines file or to Kafka).
@@ -411,7 +415,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Demo(_)));
+    init_tracing(matches!(cli.command, Command::Demo(_) | Command::Bench(_)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -453,6 +457,7 @@ fn init_tracing(quiet: bool) {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => demo::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
         Command::Aggregate(a) => aggregate(*a).await,
         Command::Generate(a) => generate(a).await,
         Command::Produce(a) => {

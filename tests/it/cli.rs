@@ -313,3 +313,85 @@ fn aggregate_process_crash_after_lake_commit_then_restart() {
         );
     }
 }
+
+/// `tokenmeter bench --quick` on the mock cluster: every section is in the JSON, every phase saw
+/// every generated event (and both lakes hold exactly them), every ratio is positive and finite.
+/// Timings are never asserted: they depend on the machine.
+#[test]
+fn bench_quick_writes_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
+        .args(["bench", "--quick", "--out", out.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .expect("run tokenmeter bench");
+    assert!(
+        run.status.success(),
+        "tokenmeter bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("aggregator") && stdout.contains("peak RSS"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let n = doc["events"].as_u64().unwrap();
+    assert_eq!(n, 20_000, "--quick generates 20,000 events");
+    for section in [
+        "raw_consume",
+        "aggregator",
+        "pipeline",
+        "decode",
+        "storage",
+        "reports",
+        "peak_rss_kib",
+    ] {
+        assert!(
+            !doc[section].is_null(),
+            "section {section} missing: {doc:#}"
+        );
+    }
+    for path in [
+        "/raw_consume/events",
+        "/aggregator/events",
+        "/aggregator/lake_events",
+        "/pipeline/events",
+        "/pipeline/lake_events",
+        "/decode/events",
+    ] {
+        assert_eq!(
+            doc.pointer(path).and_then(|v| v.as_u64()),
+            Some(n),
+            "{path}"
+        );
+    }
+    let positive = |path: &str| {
+        let v = doc.pointer(path).and_then(|v| v.as_f64());
+        assert!(
+            v.is_some_and(|v| v.is_finite() && v > 0.0),
+            "{path} = {v:?}, want a positive finite number"
+        );
+    };
+    for path in [
+        "/raw_consume/events_per_s",
+        "/aggregator/events_per_s",
+        "/aggregator/ratio_to_raw_consume",
+        "/pipeline/events_per_s_per_core",
+        "/decode/mb_per_s",
+        "/storage/events_parquet_to_json",
+        "/storage/all_parquet_to_json",
+        "/reports/raw/cost_s",
+        "/reports/raw/agent_share_s",
+        "/reports/rollups/cost_s",
+        "/reports/rollups/agent_share_s",
+        "/peak_rss_kib",
+    ] {
+        positive(path);
+    }
+    for stage in ["decode", "validate", "dedupe", "price", "fold", "encode"] {
+        positive(&format!("/pipeline/stages/{stage}/share"));
+    }
+}
