@@ -16,7 +16,7 @@
 //! Not here: reading with restatements applied (see [`crate::lake_store::Restated`]).
 
 use crate::catalog::{View, open_view};
-use crate::lake_store::{CommittedOffsets, read_restatements};
+use crate::lake_store::{CommittedOffsets, read_records, read_restatements};
 use crate::periods::{cut_entries, read_closes, touches_closed, write_atomic};
 use crate::sqlq::read_only_options;
 use crate::{Error, Result};
@@ -66,6 +66,11 @@ fn dates(from: NaiveDate, to: NaiveDate) -> impl Iterator<Item = NaiveDate> {
     from.iter_days().take_while(move |d| *d < to)
 }
 
+/// The file name of generation `g`'s intent.
+fn intent_name(g: u32) -> String {
+    format!("{g:06}.intent.json")
+}
+
 /// Delete the files of restatements that crashed before their manifest; return the highest
 /// generation ever used.
 fn clean_dead_intents(root: &Path) -> Result<u32> {
@@ -75,20 +80,9 @@ fn clean_dead_intents(root: &Path) -> Result<u32> {
         .map(|r| r.generation)
         .max()
         .unwrap_or(0);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(max);
-    };
-    for entry in entries {
-        let path = entry.map_err(state_err(&dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.ends_with(".intent.json") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(state_err(&path))?;
-        let intent: Intent = serde_json::from_str(&text).map_err(|e| Error::LakeState {
-            path: path.clone(),
-            message: format!("not a restatement intent: {e}"),
-        })?;
+    let intents: Vec<Intent> =
+        read_records(&dir, "restatement intent", |stem| stem.ends_with(".intent"))?;
+    for intent in intents {
         max = max.max(intent.generation);
         let suffix = format!(".r{:06}.parquet", intent.generation);
         for d in dates(intent.from, intent.to) {
@@ -110,6 +104,7 @@ fn clean_dead_intents(root: &Path) -> Result<u32> {
             generation = intent.generation,
             "removed the files of an unfinished restatement"
         );
+        let path = dir.join(intent_name(intent.generation));
         std::fs::remove_file(&path).map_err(state_err(&path))?;
     }
     Ok(max)
@@ -272,7 +267,7 @@ pub async fn reprice(
     }
     let generation = clean_dead_intents(root)? + 1;
     let rdir = root.join(RESTATEMENTS_DIR);
-    let intent_name = format!("{generation:06}.intent.json");
+    let intent_name = intent_name(generation);
     let intent = serde_json::to_vec(&Intent {
         generation,
         from,
