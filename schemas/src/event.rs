@@ -101,6 +101,9 @@ pub struct DecodeOptions {
     pub now: Option<DateTime<Utc>>,
     /// Largest message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// The JSON parser of the fast path (a message that fails it is read again by serde_json,
+    /// which names the field of the error, so the verdict and the message never depend on it).
+    pub parser: JsonParser,
 }
 
 impl Default for DecodeOptions {
@@ -109,8 +112,21 @@ impl Default for DecodeOptions {
             max_future_skew: Duration::minutes(5),
             now: None,
             max_message_bytes: 1 << 20,
+            parser: JsonParser::default(),
         }
     }
+}
+
+/// Which parser reads a message into the typed wire form first. Both deserialize the same serde
+/// types, so they accept the same documents (`tests/fuzz_decode.rs` checks that they agree);
+/// `tokenmeter bench` measures both on the same corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonParser {
+    /// serde_json, without path tracking.
+    #[default]
+    SerdeJson,
+    /// sonic-rs (SIMD).
+    SonicRs,
 }
 
 /// The step of an agent run an LLM call belongs to.
@@ -523,6 +539,58 @@ pub fn decode_event(bytes: &[u8], opts: &DecodeOptions) -> Result<UsageEvent, Va
             "not valid JSON for an event: a message must be one JSON object (CloudEvents structured mode)",
         ));
     }
+    // Fast path: the typed form straight from the parser. Only a message it rejects pays for
+    // serde_path_to_error, which records the path of every member it reads.
+    let fast = match opts.parser {
+        JsonParser::SerdeJson => serde_json::from_str::<Wire>(text).ok(),
+        // sonic-rs 0.5 recurses without a limit when it skips an unknown member, so a deeply
+        // nested one would overflow the stack (cloudwego/sonic-rs#232): such messages go to
+        // serde_json, which stops at 128 levels with an error.
+        JsonParser::SonicRs if nesting_within(text.as_bytes(), 64) => {
+            sonic_rs::from_str::<Wire>(text).ok()
+        }
+        JsonParser::SonicRs => None,
+    };
+    let wire = match fast {
+        Some(w) => w,
+        None => wire_error(text)?,
+    };
+    from_wire(wire, opts)
+}
+
+/// Whether the arrays and objects of `json` nest at most `limit` deep (brackets inside strings
+/// do not count). A linear scan, made for untrusted input before a recursive parser sees it.
+fn nesting_within(json: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return false;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+/// The wire form of a message the fast path rejected, read again with the path of every member
+/// so that the error names the field: `Err` with the field and the rule (or, should serde_json
+/// accept what the fast parser did not, the wire form after all).
+fn wire_error(text: &str) -> Result<Wire, ValidationError> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let wire: Wire = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = known_path(e.path());
@@ -555,6 +623,11 @@ pub fn decode_event(bytes: &[u8], opts: &DecodeOptions) -> Result<UsageEvent, Va
     // Trailing garbage after the object.
     de.end()
         .map_err(|e| ValidationError::new("", format!("not valid JSON: {e}")))?;
+    Ok(wire)
+}
+
+/// The event of a parsed wire form, after the envelope's and the event's rules.
+fn from_wire(wire: Wire, opts: &DecodeOptions) -> Result<UsageEvent, ValidationError> {
     if wire.specversion != "1.0" {
         return Err(ValidationError::new(
             "specversion",
@@ -663,6 +736,15 @@ mod tests {
 
     fn decode_err(text: impl AsRef<[u8]>) -> ValidationError {
         decode_event(text.as_ref(), &opts()).expect_err("decodes, but should not")
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(nesting_within(br#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(!nesting_within(br#"{"a":[1,{"b":2}]}"#, 2));
+        assert!(nesting_within(br#"{"a":"[[[[{{{{\"[[["}"#, 1));
+        assert!(!nesting_within(&[b'['; 65], 64));
+        assert!(nesting_within(&[b'['; 64], 64));
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod tables;
 
 pub use error::{Error, Result};
 pub use event::{
-    Agent, AgentStep, Buckets, DecodeOptions, MAX_TOKENS, Status, Usage, UsageEvent,
+    Agent, AgentStep, Buckets, DecodeOptions, JsonParser, MAX_TOKENS, Status, Usage, UsageEvent,
     ValidationError, decode_event,
 };
 

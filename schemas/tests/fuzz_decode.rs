@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Value, json};
 use tokenmeter_schemas::event::{FIELD_PATHS, MAX_ID_CHARS, MAX_RULE_CHARS, MAX_SUBJECT_CHARS};
-use tokenmeter_schemas::{AgentStep, DecodeOptions, MAX_TOKENS, decode_event};
+use tokenmeter_schemas::{AgentStep, DecodeOptions, JsonParser, MAX_TOKENS, decode_event};
 
 /// A fixed clock, later than every time the generators make.
 fn opts() -> DecodeOptions {
@@ -30,6 +30,21 @@ fn opts() -> DecodeOptions {
 /// The properties every input must satisfy.
 fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     let opts = opts();
+    // Both fast-path parsers give the same verdict, the same event and the same error.
+    let sonic = DecodeOptions {
+        parser: JsonParser::SonicRs,
+        ..opts.clone()
+    };
+    let serde = DecodeOptions {
+        parser: JsonParser::SerdeJson,
+        ..opts.clone()
+    };
+    prop_assert_eq!(
+        decode_event(bytes, &sonic),
+        decode_event(bytes, &serde),
+        "sonic-rs and serde_json disagree on {}",
+        String::from_utf8_lossy(bytes)
+    );
     match decode_event(bytes, &opts) {
         Ok(event) => {
             prop_assert_eq!(event.validate(&opts), Ok(()));
