@@ -421,32 +421,48 @@ pub async fn run_aggregator(
     let mut last_message = Instant::now();
     let mut last_progress = Instant::now();
     let mut progress_base = 0u64;
-    let tick = Duration::from_millis(200);
+    // Housekeeping (age-based flushes, stalled resumes, progress, the idle exit) runs on this
+    // tick, not per message: per message, the loop only handles it and flushes its partition's
+    // batch once full.
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
             biased;
             _ = &mut shutdown => { info!("shutdown requested: flushing"); break; }
-            m = tokio::time::timeout(tick, consumer.recv()) => m,
+            _ = ticker.tick() => None,
+            m = consumer.recv() => Some(m),
         };
         ctx.apply_assignment(&mut parts)?;
         match next {
-            Ok(Ok(msg)) => {
+            Some(Ok(msg)) => {
                 last_message = Instant::now();
                 metrics.consumed.fetch_add(1, Relaxed);
+                let p = msg.partition();
                 if let Some((p, off)) = ctx.handle_message(&mut parts, &msg)
                     && let Err(e) =
                         consumer.seek(&cfg.topic, p, Offset::Offset(off), Duration::from_secs(10))
                 {
                     warn!(partition = p, offset = off, error = %e, "seek failed; the next message retries it");
                 }
+                drop(msg);
+                if let Some(state) = parts.get_mut(&p)
+                    && state
+                        .batch
+                        .as_ref()
+                        .is_some_and(|b| b.messages >= cfg.flush_max_messages)
+                {
+                    ctx.flush(&consumer, p, state).await?;
+                }
+                continue;
             }
-            Ok(Err(KafkaError::PartitionEOF(p))) => {
+            Some(Err(KafkaError::PartitionEOF(p))) => {
                 if let Some(s) = parts.get_mut(&p) {
                     s.at_eof = true;
                 }
             }
-            Ok(Err(KafkaError::MessageConsumption(
+            Some(Err(KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::AutoOffsetReset,
             ))) => {
                 return Err(Error::Config(format!(
@@ -455,8 +471,8 @@ pub async fn run_aggregator(
                     cfg.data_dir.display()
                 )));
             }
-            Ok(Err(e)) => warn!(error = %e, "kafka error; the client retries by itself"),
-            Err(_) => {} // tick
+            Some(Err(e)) => warn!(error = %e, "kafka error; the client retries by itself"),
+            None => {} // tick
         }
         // A resume offset inside the partition's *last* record batch: such a broker serves
         // nothing at all, though its fetch responses report messages from there on.
@@ -467,18 +483,14 @@ pub async fn run_aggregator(
                 warn!(partition = p, offset = off, error = %e, "seek failed; retried at the next check");
             }
         }
-        // Flush batches that are full or old.
-        let due: Vec<i32> = parts
-            .iter()
-            .filter_map(|(p, s)| {
-                let b = s.batch.as_ref()?;
-                (b.messages >= cfg.flush_max_messages || b.started.elapsed() >= cfg.flush_interval)
-                    .then_some(*p)
+        // Flush batches that are full or old, the partitions' commits side by side (each
+        // partition has its own files, state and lock).
+        let due = parts.iter_mut().filter(|(_, s)| {
+            s.batch.as_ref().is_some_and(|b| {
+                b.messages >= cfg.flush_max_messages || b.started.elapsed() >= cfg.flush_interval
             })
-            .collect();
-        for p in due {
-            ctx.flush(&consumer, &mut parts, p).await?;
-        }
+        });
+        futures::future::try_join_all(due.map(|(p, s)| ctx.flush(&consumer, *p, s))).await?;
         if last_progress.elapsed() >= cfg.progress_interval {
             let consumed = metrics.consumed.load(Relaxed);
             let rate = (consumed - progress_base) as f64 / last_progress.elapsed().as_secs_f64();
@@ -514,10 +526,8 @@ pub async fn run_aggregator(
             break;
         }
     }
-    let ps: Vec<i32> = parts.keys().copied().collect();
-    for p in ps {
-        ctx.flush(&consumer, &mut parts, p).await?;
-    }
+    futures::future::try_join_all(parts.iter_mut().map(|(p, s)| ctx.flush(&consumer, *p, s)))
+        .await?;
     // Offsets were committed asynchronously after each batch; make the last ones land.
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     if let Some(sink) = sink {
@@ -764,13 +774,10 @@ impl Loop<'_> {
     async fn flush(
         &self,
         consumer: &StreamConsumer<Ctx>,
-        parts: &mut HashMap<i32, PartitionState>,
         p: i32,
+        state: &mut PartitionState,
     ) -> Result<()> {
         let cfg = self.cfg;
-        let Some(state) = parts.get_mut(&p) else {
-            return Ok(());
-        };
         let Some(batch) = state.batch.take() else {
             return Ok(());
         };
