@@ -1,35 +1,46 @@
-//! `tokenmeter bench`: one process measures the pipeline on generated traffic — a consumer that
-//! only counts vs the real aggregator on the same topic, the aggregator's stages without a
-//! broker (per stage), decoding alone, Parquet bytes vs JSON bytes, the reports from raw events
-//! and from rollups, and peak RSS — then prints one table and writes it as JSON.
+//! `tokenmeter bench`: measures the pipeline on generated traffic in one run — a consumer that
+//! only counts vs the real aggregator (`tokenmeter aggregate`, a child process) on the same
+//! topic, with the aggregator's peak RSS; the aggregator's stages without a broker (per stage);
+//! decoding alone with serde_json and with sonic-rs; Parquet bytes vs JSON bytes; the reports on
+//! DataFusion vs DuckDB on the same Parquet files — then prints one table and writes it as JSON.
 //!
 //! Absolute times depend on the machine and what else runs; the figures meant for comparison are
-//! ratios measured in the same run. Not a test: it checks counts (every phase must see every
-//! generated event) but sets no pass/fail threshold on any time. The measuring code lives in
-//! `tokenmeter_ingest::bench`; this file orchestrates and reports.
+//! ratios measured in the same run. Not a test: it checks counts and results (every phase must
+//! see every generated event, DuckDB must return what DataFusion returns) but sets no pass/fail
+//! threshold on any time. The measuring code lives in `tokenmeter_ingest::bench`; DuckDB's side
+//! in `benches/duckdb_reports.py`; this file orchestrates and reports.
 
 use anyhow::{Context, Result, bail};
+use chrono::Datelike as _;
 use clap::Args;
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type};
+use datafusion::prelude::SessionContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokenmeter_aggregate::PriceBook;
 use tokenmeter_ingest::bench as m;
 use tokenmeter_ingest::generate::{GenConfig, Generator};
-use tokenmeter_ingest::{AggregatorConfig, Metrics};
 use tokenmeter_query::{Granularity, ReportParams, Source};
-use tokenmeter_schemas::DecodeOptions;
+use tokenmeter_schemas::{DecodeOptions, JsonParser};
 
 const EXAMPLE_PRICES: &str = include_str!("../schemas/prices.example.toml");
+/// DuckDB's side of the reports, run with `python3`.
+const DUCKDB_SCRIPT: &str = include_str!("../benches/duckdb_reports.py");
+/// The ad-hoc analyst query both engines run.
+const ADHOC_SQL: &str = include_str!("../benches/adhoc.sql");
 
 /// The aggregator's idle wait before its final flush; subtracted from its time.
 const IDLE: Duration = Duration::from_millis(200);
+/// Hot runs of each report per engine; the median is reported.
+const REPORT_RUNS: usize = 3;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -43,13 +54,20 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
     /// A real Kafka broker (`host:port`) instead of librdkafka's in-process mock cluster. The
-    /// bench produces to a new topic `tokenmeter.bench.<pid>.<time>`, which the broker must
-    /// auto-create (or create it beforehand with enough partitions).
+    /// bench creates a new topic `tokenmeter.bench.<pid>.<time>` (and its `.dlq`) there.
     #[arg(long)]
     brokers: Option<String>,
+    /// Partitions of the topic created on --brokers.
+    #[arg(long, default_value_t = 4, requires = "brokers")]
+    partitions: i32,
     /// Tenants in the generated traffic.
     #[arg(long, default_value_t = 50)]
     tenants: u32,
+    /// Distinct (tenant, agent) pairs in the generated traffic, shared out by the tenants'
+    /// traffic, with agent runs frequent enough that nearly all occur [default: 5 to 24 per
+    /// tenant, and the usual single-digit agent share].
+    #[arg(long)]
+    agents: Option<u32>,
     /// Messages per committed batch in the broker-free pipeline (the aggregator's default
     /// flush size).
     #[arg(long, default_value_t = 250_000)]
@@ -58,6 +76,9 @@ pub struct BenchArgs {
     /// removed at the end). Must not exist yet.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// The Python interpreter with DuckDB (`benches/setup.sh` installs it).
+    #[arg(long, default_value = "python3", env = "TOKENMETER_BENCH_PYTHON")]
+    python: String,
 }
 
 fn per_s(n: f64, d: Duration) -> f64 {
@@ -89,6 +110,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if events == 0 {
         bail!("--events must be at least 1");
     }
+    duckdb_version(&a.python)?;
     let work = match &a.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(
@@ -116,33 +138,387 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// DuckDB's version in `python`, or advice on installing it.
+fn duckdb_version(python: &str) -> Result<String> {
+    let out = Command::new(python)
+        .args(["-c", "import duckdb; print(duckdb.__version__)"])
+        .output()
+        .with_context(|| format!("running {python} (--python) to find DuckDB"))?;
+    if !out.status.success() {
+        bail!(
+            "the bench compares the reports with DuckDB, which {python} cannot import: run benches/setup.sh (it installs duckdb from PyPI), or point --python at an interpreter that has it\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// What the aggregator process reported at its exit (`tokenmeter aggregate --summary-json`).
+struct AggregatorRun {
+    committed: u64,
+    batches: u64,
+    elapsed: Duration,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Run `tokenmeter aggregate` (this executable) on `topic` into `lake` until the topic is
+/// drained, as an operator runs it; its stderr goes to `work/aggregator.log`.
+fn aggregator_process(
+    brokers: &str,
+    topic: &str,
+    lake: &Path,
+    prices: &Path,
+    work: &Path,
+) -> Result<AggregatorRun> {
+    let exe = std::env::current_exe().context("finding the tokenmeter executable")?;
+    let summary = work.join("aggregator-summary.json");
+    let log_path = work.join("aggregator.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let status = Command::new(&exe)
+        .arg("aggregate")
+        .args(["--brokers", brokers, "--topic", topic])
+        .args(["--dlq-topic", &format!("{topic}.dlq")])
+        .args(["--group", "tokenmeter-bench-aggregate"])
+        .arg("--data-dir")
+        .arg(lake)
+        .arg("--prices")
+        .arg(prices)
+        .args(["--exit-when-idle", &IDLE.as_secs_f64().to_string()])
+        .args(["--flush-interval", "3600"])
+        .arg("--summary-json")
+        .arg(&summary)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .status()
+        .with_context(|| format!("starting {} aggregate", exe.display()))?;
+    if !status.success() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        bail!(
+            "the aggregator process failed ({status}); the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(&summary).with_context(|| format!("reading {}", summary.display()))?,
+    )?;
+    let num = |k: &str| {
+        doc[k]
+            .as_u64()
+            .with_context(|| format!("{k} in the summary"))
+    };
+    Ok(AggregatorRun {
+        committed: num("committed_events")?,
+        batches: num("batches")?,
+        elapsed: Duration::from_secs_f64(doc["seconds"].as_f64().context("seconds")?),
+        peak_rss_kib: doc["peak_rss_kib"].as_u64(),
+    })
+}
+
+/// One report query of the comparison.
+struct Query {
+    name: &'static str,
+    /// The SQL both engines run (DataFusion's; `benches/duckdb_reports.py` rewrites two
+    /// DataFusion-only spellings for DuckDB).
+    sql: String,
+    params: ReportParams,
+    /// The result's token column and cost column, summed to check both engines agree.
+    tokens: &'static str,
+    cost: &'static str,
+}
+
+/// Rows, the sum of the token column and the sum of the cost column (exact, without trailing
+/// zeros) of a result: what both engines must agree on.
+fn checks(batches: &[RecordBatch], tokens: &str, cost: &str) -> Result<(u64, String, String)> {
+    let (mut rows, mut tok, mut cst, mut scale) = (0u64, 0i128, 0i128, 0i8);
+    for b in batches {
+        rows += b.num_rows() as u64;
+        let t = cast(
+            b.column_by_name(tokens).context("token column")?,
+            &DataType::Int64,
+        )?;
+        tok += t
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .map(i128::from)
+            .sum::<i128>();
+        let c = b.column_by_name(cost).context("cost column")?;
+        let DataType::Decimal128(_, s) = c.data_type() else {
+            bail!("{cost} is {}, not a decimal", c.data_type());
+        };
+        scale = *s;
+        cst += c
+            .as_primitive::<Decimal128Type>()
+            .iter()
+            .flatten()
+            .sum::<i128>();
+    }
+    Ok((rows, tok.to_string(), decimal_text(cst, scale)))
+}
+
+/// `units × 10^-scale` as plain decimal text without trailing zeros (`1.5`, `0`, `-0.25`).
+fn decimal_text(units: i128, scale: i8) -> String {
+    let neg = units < 0;
+    let digits = units.unsigned_abs().to_string();
+    let scale = scale.max(0) as usize;
+    let (int, frac) = if digits.len() > scale {
+        digits.split_at(digits.len() - scale)
+    } else {
+        ("0", "")
+    };
+    let frac = if digits.len() > scale {
+        frac.to_string()
+    } else {
+        format!("{digits:0>scale$}")
+    };
+    let frac = frac.trim_end_matches('0');
+    let sign = if neg { "-" } else { "" };
+    if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+/// The same text from DuckDB's `CAST(sum(x) AS VARCHAR)`: trailing zeros dropped.
+fn normalize_decimal(s: &str) -> String {
+    match s.split_once('.') {
+        Some((i, f)) => {
+            let f = f.trim_end_matches('0');
+            if f.is_empty() {
+                i.to_string()
+            } else {
+                format!("{i}.{f}")
+            }
+        }
+        None => s.to_string(),
+    }
+}
+
+async fn run_query(ctx: &SessionContext, q: &Query) -> Result<Vec<RecordBatch>> {
+    Ok(match q.name {
+        n if n.starts_with("agent share") => {
+            tokenmeter_query::agent_share_report(ctx, &q.params, Granularity::Month).await?
+        }
+        n if n.starts_with("ad-hoc") => ctx.sql(&q.sql).await?.collect().await?,
+        _ => tokenmeter_query::cost_report(ctx, &q.params).await?,
+    })
+}
+
+/// The queries DataFusion and DuckDB both run over the lake of `cfg`'s traffic; `tenant` is
+/// the busiest tenant (its month is the tenant-month query).
+fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
+    let start = cfg.start.date_naive();
+    let end = start + chrono::Days::new(cfg.days as u64 + 1);
+    let params = |source, tenant: Option<&str>, from, to| ReportParams {
+        from,
+        to,
+        tenant: tenant.map(String::from),
+        tz: chrono_tz::UTC,
+        source,
+    };
+    let month_start = start.with_day(1).context("first of the month")?;
+    let month_end = month_start + chrono::Months::new(1);
+    let mut out = Vec::new();
+    for (source, cost_name, share_name) in [
+        (Source::Raw, "cost, raw events", "agent share, raw events"),
+        (Source::Rollups, "cost, rollups", "agent share, rollups"),
+    ] {
+        let p = params(source, None, start, end);
+        out.push(Query {
+            name: cost_name,
+            sql: tokenmeter_query::reports::cost_report_sql(&p)?,
+            params: p.clone(),
+            tokens: "tokens",
+            cost: "cost",
+        });
+        out.push(Query {
+            name: share_name,
+            sql: tokenmeter_query::reports::agent_share_report_sql(&p, Granularity::Month)?,
+            params: p,
+            tokens: "total_tokens",
+            cost: "total_cost",
+        });
+    }
+    let p = params(Source::Raw, None, start, end);
+    out.push(Query {
+        name: "ad-hoc query, raw events",
+        sql: ADHOC_SQL.to_string(),
+        params: p,
+        tokens: "tokens",
+        cost: "cost",
+    });
+    let p = params(Source::Rollups, Some(tenant), month_start, month_end);
+    out.push(Query {
+        name: "cost, one tenant-month, rollups",
+        sql: tokenmeter_query::reports::cost_report_sql(&p)?,
+        params: p,
+        tokens: "tokens",
+        cost: "cost",
+    });
+    Ok(out)
+}
+
+/// One report's figures on both engines.
+struct ReportRow {
+    name: &'static str,
+    datafusion: f64,
+    duckdb: f64,
+    rows: u64,
+}
+
+/// Run every query hot on DataFusion (the lake's catalog) and on DuckDB (the same Parquet files),
+/// with the same number of threads; check both return the same rows, tokens and costs.
+async fn compare_reports(
+    lake: &Path,
+    work: &Path,
+    python: &str,
+    qs: &[Query],
+) -> Result<(Vec<ReportRow>, usize, String)> {
+    let ctx = tokenmeter_query::open_catalog(lake).await?;
+    let threads = ctx.copied_config().target_partitions();
+    let mut df = Vec::new();
+    for q in qs {
+        progress(&format!("report on DataFusion: {}", q.name));
+        run_query(&ctx, q).await?;
+        let mut times = Vec::new();
+        let mut last = Vec::new();
+        for _ in 0..REPORT_RUNS {
+            let t = Instant::now();
+            last = run_query(&ctx, q).await?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        df.push((times[times.len() / 2], checks(&last, q.tokens, q.cost)?));
+    }
+
+    progress("reports on DuckDB (benches/duckdb_reports.py)");
+    let spec = json!({
+        "lake": lake,
+        "threads": threads,
+        "runs": REPORT_RUNS,
+        "queries": qs.iter().map(|q| -> Result<Value> {
+            let r = q.params.utc_range()?;
+            Ok(json!({
+                "name": q.name,
+                "sql": q.sql,
+                "params": {
+                    "from_ts": r.start.to_rfc3339(),
+                    "to_ts": r.end.to_rfc3339(),
+                    "from_date": r.first_date.to_string(),
+                    "last_date": r.last_date.to_string(),
+                    "tenant": q.params.tenant,
+                },
+                "tokens": q.tokens,
+                "cost": q.cost,
+            }))
+        }).collect::<Result<Vec<_>>>()?,
+    });
+    let script = work.join("duckdb_reports.py");
+    std::fs::write(&script, DUCKDB_SCRIPT)?;
+    let spec_path = work.join("duckdb-spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
+    let out = Command::new(python)
+        .arg(&script)
+        .stdin(std::fs::File::open(&spec_path)?)
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "DuckDB's side of the reports failed:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let duck: Value = serde_json::from_slice(&out.stdout).context("reading DuckDB's results")?;
+    let version = duck["duckdb"].as_str().unwrap_or("?").to_string();
+    let mut rows = Vec::new();
+    for (q, (df_s, (n, tokens, cost))) in qs.iter().zip(df) {
+        let d = &duck["results"][q.name];
+        let got = (
+            d["rows"].as_u64().unwrap_or(u64::MAX),
+            d["tokens"].as_str().unwrap_or("?").to_string(),
+            normalize_decimal(d["cost"].as_str().unwrap_or("0")),
+        );
+        if got != (n, tokens.clone(), cost.clone()) {
+            bail!(
+                "DataFusion and DuckDB disagree on \"{}\": DataFusion {n} rows, {tokens} tokens, cost {cost}; DuckDB {} rows, {} tokens, cost {}",
+                q.name,
+                got.0,
+                got.1,
+                got.2
+            );
+        }
+        rows.push(ReportRow {
+            name: q.name,
+            datafusion: df_s,
+            duckdb: d["seconds"].as_f64().context("DuckDB's seconds")?,
+            rows: n,
+        });
+    }
+    Ok((rows, threads, version))
+}
+
 async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Value)> {
     let book = PriceBook::parse(EXAMPLE_PRICES, "schemas/prices.example.toml (built in)")?;
+    let prices_path = work.join("prices.toml");
+    std::fs::write(&prices_path, EXAMPLE_PRICES)?;
     let cfg = GenConfig {
         events,
         tenants: a.tenants.max(1),
+        agents: a.agents,
         ..Default::default()
     };
-    progress(&format!("generating {events} events"));
-    let generated: Vec<_> = Generator::new(cfg.clone()).collect();
-    if generated.iter().any(|m| m.event.is_none()) {
-        bail!("the generator produced invalid messages; the bench expects only valid ones");
+    progress(&format!(
+        "generating {events} events ({} tenants)",
+        cfg.tenants
+    ));
+    // Only the bytes are kept: at 10M events the typed events would not fit beside them.
+    let mut keys = Vec::with_capacity(events as usize);
+    let mut payloads = Vec::with_capacity(events as usize);
+    let mut per_tenant: HashMap<String, u64> = HashMap::new();
+    let mut agent_pairs = HashSet::new();
+    for msg in Generator::new(cfg.clone()) {
+        let Some(e) = msg.event else {
+            bail!("the generator produced an invalid message; the bench expects only valid ones");
+        };
+        if let Some(agent) = e.data.agent {
+            agent_pairs.insert((e.tenant_id.clone(), agent.id));
+        }
+        *per_tenant.entry(e.tenant_id).or_default() += 1;
+        keys.push(msg.key);
+        payloads.push(msg.payload);
     }
-    let payloads: Vec<Vec<u8>> = generated.iter().map(|m| m.payload.clone()).collect();
+    let busiest = per_tenant
+        .iter()
+        .max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0)))
+        .map(|(t, _)| t.clone())
+        .context("no events")?;
+    let agents = agent_pairs.len();
     let json_bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
-    let opts = DecodeOptions::default();
 
-    // (4) Decode alone.
-    progress("decode alone");
-    let (decoded, decode_time) = m::decode_only(&payloads, &opts);
-    if decoded != events {
-        bail!(
-            "{decoded} of {events} generated events decoded; the generator and the decoder disagree"
-        );
+    // (4) Decode alone, with each parser.
+    let mut decode = Vec::new();
+    for parser in [JsonParser::SerdeJson, JsonParser::SonicRs] {
+        progress(&format!("decode alone ({parser:?})"));
+        let opts = DecodeOptions {
+            parser,
+            ..Default::default()
+        };
+        let (decoded, time) = m::decode_only(&payloads, &opts);
+        if decoded != events {
+            bail!(
+                "{decoded} of {events} generated events decoded with {parser:?}; the generator and the decoder disagree"
+            );
+        }
+        decode.push((parser, per_s(json_bytes as f64 / 1e6, time)));
     }
 
     // (3) Broker-free pipeline, (5) storage.
     progress("broker-free pipeline (one thread)");
+    let opts = DecodeOptions::default();
     let pipe_dir = work.join("pipeline");
     let run = m::pipeline(&payloads, &book, &pipe_dir, "usage.events", a.batch, &opts)?;
     let pipe_lake = lake_events(&pipe_dir).await?;
@@ -159,7 +535,9 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
                 std::process::id(),
                 chrono::Utc::now().timestamp()
             );
-            (b.clone(), t, None)
+            let parts = a.partitions.max(1);
+            m::create_topics(b, &[(&t, parts), (&format!("{t}.dlq"), 1)]).await?;
+            (b.clone(), t, Some(parts))
         }
         None => {
             let c = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
@@ -184,13 +562,14 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
         &brokers,
         &topic,
         &[],
-        generated.into_iter().map(|m| (m.key, m.payload)),
+        keys.into_iter().zip(payloads.iter().cloned()),
         &sent,
     )
     .await?;
     if produced != events {
         bail!("{produced} of {events} events were produced; the broker refused the rest");
     }
+    drop(payloads);
 
     progress("raw consume (counting consumer)");
     let (b2, t2) = (brokers.clone(), topic.clone());
@@ -200,74 +579,40 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             &t2,
             "tokenmeter-bench-count",
             events,
-            Duration::from_secs(600),
+            Duration::from_secs(3600),
         )
     })
     .await??;
 
-    progress("aggregator");
+    progress("aggregator (tokenmeter aggregate, a child process)");
     let agg_dir = work.join("aggregator");
-    let mut acfg = AggregatorConfig::new(brokers.clone(), agg_dir.clone());
-    acfg.topic = topic.clone();
-    acfg.dlq_topic = format!("{topic}.dlq");
-    acfg.group = "tokenmeter-bench-aggregate".into();
-    acfg.exit_when_idle = Some(IDLE);
-    acfg.flush_interval = Duration::from_secs(3600);
-    acfg.progress_interval = Duration::from_secs(3600);
-    let metrics = Arc::new(Metrics::default());
-    let started = Instant::now();
-    let summary = tokenmeter_ingest::run_aggregator(acfg, book.clone(), metrics.clone(), async {
-        std::future::pending::<()>().await
-    })
-    .await?;
-    let agg_time = started.elapsed().saturating_sub(IDLE);
+    let (b2, t2, d2, p2, w2) = (
+        brokers.clone(),
+        topic.clone(),
+        agg_dir.clone(),
+        prices_path.clone(),
+        work.to_path_buf(),
+    );
+    let agg =
+        tokio::task::spawn_blocking(move || aggregator_process(&b2, &t2, &d2, &p2, &w2)).await??;
+    let agg_time = agg.elapsed.saturating_sub(IDLE);
     let agg_lake = lake_events(&agg_dir).await?;
-    if summary.committed_events != events || agg_lake != events {
+    if agg.committed != events || agg_lake != events {
         bail!(
             "the aggregator committed {} events ({agg_lake} in its lake) of {events} produced",
-            summary.committed_events
+            agg.committed
         );
     }
     drop(cluster);
 
-    // (6) Reports, hot: one run to warm, one timed.
-    progress("reports");
-    let ctx = tokenmeter_query::open_catalog(&agg_dir).await?;
-    let start = cfg.start.date_naive();
-    let end = start + chrono::Days::new(cfg.days as u64 + 1);
-    let mut reports = serde_json::Map::new();
-    let mut report_rows = Vec::new();
-    for source in [Source::Raw, Source::Rollups] {
-        let params = ReportParams {
-            from: start,
-            to: end,
-            tenant: None,
-            tz: chrono_tz::UTC,
-            source,
-        };
-        tokenmeter_query::cost_report(&ctx, &params).await?;
-        let t = Instant::now();
-        tokenmeter_query::cost_report(&ctx, &params).await?;
-        let cost = t.elapsed().as_secs_f64();
-        tokenmeter_query::agent_share_report(&ctx, &params, Granularity::Month).await?;
-        let t = Instant::now();
-        tokenmeter_query::agent_share_report(&ctx, &params, Granularity::Month).await?;
-        let share = t.elapsed().as_secs_f64();
-        reports.insert(
-            source.as_str().into(),
-            json!({"cost_s": cost, "agent_share_s": share}),
-        );
-        report_rows.push((source.as_str(), cost, share));
-    }
-
-    // (7) Peak RSS, of the whole process (every phase above).
-    let rss = m::peak_rss_kib();
+    // (6) Reports, hot, DataFusion vs DuckDB on the aggregator's lake.
+    let qs = queries(&cfg, &busiest)?;
+    let (reports, threads, duckdb) = compare_reports(&agg_dir, work, &a.python, &qs).await?;
 
     let n = events as f64;
     let raw_eps = per_s(raw_count as f64, raw_time);
     let agg_eps = per_s(n, agg_time);
     let pipe_eps = per_s(n, run.elapsed);
-    let decode_mbs = per_s(json_bytes as f64 / 1e6, decode_time);
     let stage_total: Duration = run.stages.named().iter().map(|(_, d)| *d).sum();
     let stages: serde_json::Map<String, Value> = run
         .stages
@@ -285,20 +630,24 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             )
         })
         .collect();
+    let (serde_mbs, sonic_mbs) = (decode[0].1, decode[1].1);
     let doc = json!({
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "events": events,
+        "tenants": cfg.tenants,
+        "agents": agents,
         "json_bytes": json_bytes,
         "broker": if a.brokers.is_some() { "external" } else { "librdkafka mock cluster" },
         "partitions": partitions,
         "raw_consume": {"events": raw_count, "seconds": raw_time.as_secs_f64(), "events_per_s": raw_eps},
         "aggregator": {
-            "events": summary.committed_events,
+            "events": agg.committed,
             "lake_events": agg_lake,
-            "batches": summary.batches,
+            "batches": agg.batches,
             "seconds": agg_time.as_secs_f64(),
             "events_per_s": agg_eps,
             "ratio_to_raw_consume": agg_eps / raw_eps,
+            "peak_rss_kib": agg.peak_rss_kib,
         },
         "pipeline": {
             "events": run.committed,
@@ -308,7 +657,12 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             "events_per_s_per_core": pipe_eps,
             "stages": stages,
         },
-        "decode": {"events": decoded, "seconds": decode_time.as_secs_f64(), "mb_per_s": decode_mbs},
+        "decode": {
+            "serde_json_mb_per_s": serde_mbs,
+            "sonic_rs_mb_per_s": sonic_mbs,
+            "sonic_rs_to_serde_json": sonic_mbs / serde_mbs,
+            "pipeline_parser": format!("{:?}", DecodeOptions::default().parser),
+        },
         "storage": {
             "json_bytes": json_bytes,
             "events_parquet_bytes": ev_bytes,
@@ -316,14 +670,29 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             "events_parquet_to_json": ev_bytes as f64 / json_bytes as f64,
             "all_parquet_to_json": (ev_bytes + ru_bytes) as f64 / json_bytes as f64,
         },
-        "reports": reports,
-        "peak_rss_kib": rss,
+        "reports": {
+            "threads": threads,
+            "runs": REPORT_RUNS,
+            "duckdb": duckdb,
+            "tenant_month": {"tenant": busiest, "events": per_tenant[&busiest]},
+            "queries": reports.iter().map(|r| json!({
+                "name": r.name,
+                "rows": r.rows,
+                "datafusion_s": r.datafusion,
+                "duckdb_s": r.duckdb,
+                "datafusion_to_duckdb": r.datafusion / r.duckdb.max(1e-9),
+            })).collect::<Vec<_>>(),
+        },
     });
 
     let mut rows: Vec<(String, String)> = vec![
         (
             "events (valid, generated)".into(),
-            format!("{events} ({:.1} MB JSON)", json_bytes as f64 / 1e6),
+            format!(
+                "{events} ({:.1} MB JSON), {} tenants, {agents} agents",
+                json_bytes as f64 / 1e6,
+                cfg.tenants
+            ),
         ),
         ("raw consume".into(), format!("{raw_eps:.0} events/s")),
         (
@@ -332,6 +701,12 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
                 "{agg_eps:.0} events/s = {:.3} x raw consume",
                 agg_eps / raw_eps
             ),
+        ),
+        (
+            "aggregator peak RSS".into(),
+            agg.peak_rss_kib.map_or("unknown (no /proc)".into(), |k| {
+                format!("{:.1} MiB", k as f64 / 1024.0)
+            }),
         ),
         (
             "pipeline, no broker".into(),
@@ -348,7 +723,13 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             ),
         ));
     }
-    rows.push(("decode alone".into(), format!("{decode_mbs:.1} MB/s")));
+    rows.push((
+        "decode alone".into(),
+        format!(
+            "serde_json {serde_mbs:.1} MB/s, sonic-rs {sonic_mbs:.1} MB/s = {:.2} x",
+            sonic_mbs / serde_mbs
+        ),
+    ));
     rows.push((
         "Parquet / JSON bytes".into(),
         format!(
@@ -357,18 +738,22 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             (ev_bytes + ru_bytes) as f64 / json_bytes as f64
         ),
     ));
-    for (source, cost, share) in &report_rows {
+    rows.push((
+        format!("reports ({threads} threads)"),
+        format!("DataFusion vs DuckDB {duckdb}, median of {REPORT_RUNS} hot runs"),
+    ));
+    for r in &reports {
         rows.push((
-            format!("reports from {source}"),
-            format!("cost {cost:.3}s, agent share {share:.3}s"),
+            format!("  {}", r.name),
+            format!(
+                "{:.3}s vs {:.3}s = {:.2} x ({} rows)",
+                r.datafusion,
+                r.duckdb,
+                r.datafusion / r.duckdb.max(1e-9),
+                r.rows
+            ),
         ));
     }
-    rows.push((
-        "peak RSS (whole process)".into(),
-        rss.map_or("unknown (no /proc)".into(), |k| {
-            format!("{:.1} MiB", k as f64 / 1024.0)
-        }),
-    ));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut table = format!(
         "tokenmeter bench ({} build, {})\n",
@@ -379,4 +764,21 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
         table.push_str(&format!("{k:<width$}  {v}\n"));
     }
     Ok((table, doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_text_drops_trailing_zeros() {
+        assert_eq!(decimal_text(1_500_000_000_000, 12), "1.5");
+        assert_eq!(decimal_text(0, 12), "0");
+        assert_eq!(decimal_text(-250, 3), "-0.25");
+        assert_eq!(decimal_text(7, 12), "0.000000000007");
+        assert_eq!(decimal_text(1200, 0), "1200");
+        assert_eq!(normalize_decimal("1.500000000000"), "1.5");
+        assert_eq!(normalize_decimal("12.000"), "12");
+        assert_eq!(normalize_decimal("0.000000000007"), "0.000000000007");
+    }
 }

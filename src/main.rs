@@ -150,6 +150,10 @@ struct AggregateArgs {
     /// Extra librdkafka setting KEY=VALUE (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
     kafka: Vec<(String, String)>,
+    /// At a clean exit, write the run's summary here as JSON: committed_events, duplicates,
+    /// dead_lettered, batches, seconds, and peak_rss_kib (the process's peak resident set).
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
     /// Budget alerts: watch the price book's [[tenant.budget]] entries (calendar months in UTC)
@@ -224,6 +228,10 @@ struct GenerateArgs {
     /// Days in the time window.
     #[arg(long, default_value_t = 30)]
     days: u32,
+    /// Distinct (tenant, agent) pairs, shared out by the tenants' traffic, with agent runs
+    /// frequent enough that nearly all occur [default: 5 to 24 per tenant, usual agent share].
+    #[arg(long)]
+    agents: Option<u32>,
     /// Write JSON lines here.
     #[arg(long, conflicts_with = "brokers", required_unless_present = "brokers")]
     output: Option<PathBuf>,
@@ -740,6 +748,7 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
             }
         }
     }
+    let summary_json = a.summary_json;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = a.metrics_addr.or(file.metrics_addr) {
         let server = tokenmeter_ingest::metrics::serve(addr, metrics.clone())
@@ -757,6 +766,18 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
                 seconds = s.elapsed.as_secs_f64(),
                 "aggregator stopped cleanly"
             );
+            if let Some(path) = summary_json {
+                let doc = serde_json::json!({
+                    "committed_events": s.committed_events,
+                    "duplicates": s.duplicates,
+                    "dead_lettered": s.dead_lettered,
+                    "batches": s.batches,
+                    "seconds": s.elapsed.as_secs_f64(),
+                    "peak_rss_kib": tokenmeter_ingest::metrics::peak_rss_kib(),
+                });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+                    .with_context(|| format!("writing the summary to {}", path.display()))?;
+            }
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -786,6 +807,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         invalid_fraction: a.invalid_fraction,
         start: a.start.and_hms_opt(0, 0, 0).expect("midnight").and_utc(),
         days: a.days.max(1),
+        agents: a.agents,
     };
     let book = a.prices.as_deref().map(load_prices).transpose()?;
     let mut truth = Truth::default();

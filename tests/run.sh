@@ -31,6 +31,9 @@ if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('litell
   python3 -m pip install --quiet --no-deps "litellm==$LITELLM_VERSION"
 fi
 
+# DuckDB (PyPI) for `tokenmeter bench`, whose quick mode runs in the tests.
+benches/setup.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

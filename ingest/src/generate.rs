@@ -32,6 +32,11 @@ pub struct GenConfig {
     pub start: DateTime<Utc>,
     /// Length of the window in days.
     pub days: u32,
+    /// Distinct agents over all tenants (agent ids are per tenant, so this counts (tenant,
+    /// agent) pairs), shared out in proportion to the tenants' traffic, with agent runs made
+    /// frequent enough (about three per agent) that nearly all of them occur; `None`: 5 to 24
+    /// per tenant, and agent runs at their usual single-digit share.
+    pub agents: Option<u32>,
 }
 
 impl Default for GenConfig {
@@ -43,6 +48,7 @@ impl Default for GenConfig {
             invalid_fraction: 0.0,
             start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
             days: 30,
+            agents: None,
         }
     }
 }
@@ -175,12 +181,35 @@ pub struct Generator {
     run: Vec<UsageEvent>,
     run_seq: u64,
     total_weight: f64,
+    /// Agents per tenant with `GenConfig::agents`; empty otherwise.
+    agent_pools: Vec<u32>,
+    /// Factor on the chance that an event starts an agent run (1 without `GenConfig::agents`).
+    run_factor: f64,
 }
+
+/// Mean chance that an event starts an agent run, over the window (0.0003 rising to 0.0015).
+const MEAN_RUN_START: f64 = 0.0009;
 
 impl Generator {
     pub fn new(cfg: GenConfig) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed);
         let zipf = Zipf::new(cfg.tenants.max(1) as f64, 1.1).expect("valid zipf");
+        let (agent_pools, run_factor) = match cfg.agents {
+            None => (Vec::new(), 1.0),
+            Some(agents) => {
+                // Tenant t (0-based) draws Zipf value t + 1: weight (t + 1)^-1.1.
+                let n = cfg.tenants.max(1);
+                let w: Vec<f64> = (1..=n).map(|k| (k as f64).powf(-1.1)).collect();
+                let total: f64 = w.iter().sum();
+                let pools = w
+                    .iter()
+                    .map(|x| ((agents as f64 * x / total).round() as u32).max(1))
+                    .collect();
+                let runs = 3.0 * agents as f64;
+                let factor = (runs / (MEAN_RUN_START * cfg.events.max(1) as f64)).max(1.0);
+                (pools, factor)
+            }
+        };
         Self {
             rng,
             zipf,
@@ -191,6 +220,8 @@ impl Generator {
             run: Vec::new(),
             run_seq: 0,
             total_weight: MODELS.iter().map(|m| m.weight).sum(),
+            agent_pools,
+            run_factor,
             cfg,
         }
     }
@@ -270,7 +301,11 @@ impl Generator {
     fn start_run(&mut self, first_index: u64, tenant: u32, time: DateTime<Utc>) {
         self.run_seq += 1;
         let m = self.pick_model();
-        let agent_id = format!("lobster-{}", self.rng.random_range(0..(5 + tenant % 20)));
+        let pool = match self.agent_pools.get(tenant as usize) {
+            Some(&p) => p,
+            None => 5 + tenant % 20,
+        };
+        let agent_id = format!("lobster-{}", self.rng.random_range(0..pool));
         let run_id = format!("run-{:x}-{}", self.cfg.seed, self.run_seq);
         let mut steps = vec![AgentStep::Plan];
         for _ in 0..self.rng.random_range(1..=4) {
@@ -389,7 +424,7 @@ impl Iterator for Generator {
         // Agent runs take a rising share of tokens over the window.
         let frac =
             (time - self.cfg.start).num_seconds() as f64 / (self.cfg.days.max(1) as f64 * 86_400.0);
-        if self.rng.random::<f64>() < 0.0003 + 0.0012 * frac {
+        if self.rng.random::<f64>() < (0.0003 + 0.0012 * frac) * self.run_factor {
             self.start_run(i, tenant, time);
             let e = self.run.pop().expect("a run has steps");
             return Some(Message {
@@ -486,6 +521,34 @@ impl Truth {
 mod tests {
     use super::*;
     use tokenmeter_schemas::{DecodeOptions, decode_event};
+
+    #[test]
+    fn agents_are_shared_out_and_nearly_all_occur() {
+        let cfg = GenConfig {
+            events: 100_000,
+            tenants: 200,
+            agents: Some(3_000),
+            ..Default::default()
+        };
+        let g = Generator::new(cfg.clone());
+        let pools: u32 = g.agent_pools.iter().sum();
+        // Rounding each tenant's share (at least one agent each) stays near the total.
+        assert!(
+            (2_900..=3_300).contains(&pools),
+            "{pools} agents in the pools"
+        );
+        // The busiest tenant has the most agents.
+        assert_eq!(g.agent_pools.iter().max(), g.agent_pools.first());
+        let pairs: std::collections::HashSet<(String, String)> = g
+            .filter_map(|m| m.event)
+            .filter_map(|e| Some((e.tenant_id.clone(), e.data.agent?.id)))
+            .collect();
+        assert!(
+            pairs.len() as f64 > 0.85 * pools as f64 && pairs.len() as u32 <= pools,
+            "{} of {pools} agents occur",
+            pairs.len()
+        );
+    }
 
     #[test]
     fn same_seed_same_bytes_and_every_valid_message_decodes() {

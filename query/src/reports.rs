@@ -249,13 +249,17 @@ async fn frame(ctx: &SessionContext, sql: &str, params: &ReportParams) -> Result
         .with_param_values(values)?)
 }
 
-fn cost_report_sql(params: &ReportParams) -> Result<String> {
+/// The SQL [`cost_report`] runs with `params` (its source chosen and spliced in); the parameters
+/// `$from_ts`, `$to_ts`, `$from_date`, `$last_date` and `$tenant` are left to bind (values from
+/// [`ReportParams::utc_range`]). For other engines run on the same files (`tokenmeter bench`).
+pub fn cost_report_sql(params: &ReportParams) -> Result<String> {
     let source = params.cost_report_source()?;
     tracing::debug!(%source, "cost report");
     Ok(fill(COST_REPORT_SQL, &[("source", source_sql(source))]))
 }
 
-fn agent_share_report_sql(params: &ReportParams, granularity: Granularity) -> Result<String> {
+/// The SQL [`agent_share_report`] runs, as [`cost_report_sql`] gives the cost report's.
+pub fn agent_share_report_sql(params: &ReportParams, granularity: Granularity) -> Result<String> {
     let source = params.agent_share_source()?;
     tracing::debug!(%source, %granularity, "agent-share report");
     Ok(fill(

@@ -352,6 +352,7 @@ fn scenario(seed: u64) -> Scenario {
             .unwrap()
             .to_utc(),
         days: 20,
+        agents: None,
     })
     .collect();
     let mut rng = StdRng::seed_from_u64(seed + 1);
