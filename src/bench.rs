@@ -541,9 +541,11 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
         }
         None => {
             let c = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
-            // The mock keeps about 5 MB or 100k messages per partition: enough partitions that
-            // the whole run fits before anything is consumed.
-            let parts = (json_bytes / (3 << 20) + 1).max(events / 50_000 + 1).max(4) as i32;
+            // The mock keeps at most 5 MB (as stored: lz4-compressed record batches, about half
+            // the JSON) or 100,000 record batches per partition and drops the oldest beyond:
+            // enough partitions that the whole run fits (checked after producing), but no
+            // more, since each partition adds files per date to the lake.
+            let parts = (json_bytes / (8 << 20) + 1).max(4) as i32;
             let t = "usage.events".to_string();
             c.create_topic(&t, parts, 1)
                 .context("creating the bench topic")?;
@@ -570,6 +572,13 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
         bail!("{produced} of {events} events were produced; the broker refused the rest");
     }
     drop(payloads);
+    let (b2, t2) = (brokers.clone(), topic.clone());
+    let kept = tokio::task::spawn_blocking(move || m::topic_messages(&b2, &t2)).await??;
+    if kept != events {
+        bail!(
+            "the topic holds {kept} of the {events} events produced: the broker dropped the oldest (the mock cluster keeps 5 MB per partition); give the bench a real broker with --brokers"
+        );
+    }
 
     progress("raw consume (counting consumer)");
     let (b2, t2) = (brokers.clone(), topic.clone());

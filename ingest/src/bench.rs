@@ -287,3 +287,30 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> 
     }
     Ok(())
 }
+
+/// Messages `topic` holds now: the sum over its partitions of high − low watermark (what a
+/// consumer from the beginning would read, on a topic without transactions or compaction).
+pub fn topic_messages(brokers: &str, topic: &str) -> Result<u64> {
+    let consumer: BaseConsumer = client_config(brokers, &[])
+        .create()
+        .map_err(Error::kafka("creating a metadata client"))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(Error::kafka(format!("reading the metadata of {topic}")))?;
+    let mut total = 0u64;
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .map_err(Error::kafka(format!(
+                "reading the offsets of {topic}/{}",
+                p.id()
+            )))?;
+        total += (high - low).max(0) as u64;
+    }
+    Ok(total)
+}
