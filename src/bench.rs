@@ -572,8 +572,14 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
         bail!("{produced} of {events} events were produced; the broker refused the rest");
     }
     drop(payloads);
+    // Only the mock drops messages by itself. (tansu 0.6 reports the start of a partition's
+    // last record batch as its high watermark, so watermarks undercount there; on a real broker
+    // the counting consumer's exact count is the check.)
     let (b2, t2) = (brokers.clone(), topic.clone());
-    let kept = tokio::task::spawn_blocking(move || m::topic_messages(&b2, &t2)).await??;
+    let kept = match cluster {
+        Some(_) => tokio::task::spawn_blocking(move || m::topic_messages(&b2, &t2)).await??,
+        None => events,
+    };
     if kept != events {
         bail!(
             "the topic holds {kept} of the {events} events produced: the broker dropped the oldest (the mock cluster keeps 5 MB per partition); give the bench a real broker with --brokers"
