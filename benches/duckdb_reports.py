@@ -13,7 +13,8 @@ The SQL is tokenmeter's own report SQL, as DataFusion runs it. Over the lake Duc
 tables the reports read, as views of the committed Parquet files (`usage_events` from
 events/date=*/, `usage_hourly_parts` from rollups/hourly/date=*/, the `date` column from the
 path as DataFusion's catalog gives it). Two DataFusion-only spellings are rewritten to DuckDB's,
-and the script fails if one it expects is missing: the local period of a timestamp
+and the script fails if a DataFusion-only function is left after the rewrite: the local period
+of a timestamp
 (`to_local_time(arrow_cast(ts, 'Timestamp(Microsecond, Some("TZ"))'))` becomes
 `timezone('TZ', ts)`), and DECIMAL(76, s), wider than DuckDB's 38 digits, becomes DECIMAL(38, s)
 (DuckDB divides decimals in double precision: the shares differ in the last places, so the

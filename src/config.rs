@@ -30,6 +30,9 @@ pub struct AggregateFile {
     pub instance_id: Option<String>,
     /// Flush a partition's batch at this many messages (default 250000).
     pub flush_max_messages: Option<usize>,
+    /// Messages held in all partitions' batches together; beyond it the largest batch is
+    /// flushed (default 500000).
+    pub max_buffered_messages: Option<usize>,
     /// Flush a partition's batch when its first message is this many seconds old (default 10).
     pub flush_interval_secs: Option<f64>,
     /// How far, in seconds, an event's time may be ahead of this machine's clock (default 300).
@@ -84,7 +87,7 @@ impl AggregateFile {
             .with_context(|| format!("reading the configuration file {}", path.display()))?;
         toml::from_str(&text).with_context(|| {
             format!(
-                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka, [clickhouse] url/database/table/user/password, [alerts] topic/webhook)",
+                "configuration file {} (keys: brokers, data_dir, prices, topic, dlq_topic, group, instance_id, flush_max_messages, max_buffered_messages, flush_interval_secs, max_future_skew_secs, dedupe_max_keys, metrics_addr, kafka, [clickhouse] url/database/table/user/password, [alerts] topic/webhook)",
                 path.display()
             )
         })

@@ -134,6 +134,10 @@ struct AggregateArgs {
     /// Flush a partition's batch at this many messages [default: 250000].
     #[arg(long, env = "TOKENMETER_FLUSH_MAX_MESSAGES")]
     flush_max_messages: Option<usize>,
+    /// Messages held in all partitions' batches together; beyond it the largest batch is
+    /// flushed, which bounds memory however many partitions are assigned [default: 500000].
+    #[arg(long, env = "TOKENMETER_MAX_BUFFERED_MESSAGES")]
+    max_buffered_messages: Option<usize>,
     /// Flush a partition's batch when its first message is this many seconds old [default: 10].
     #[arg(long, env = "TOKENMETER_FLUSH_INTERVAL")]
     flush_interval: Option<f64>,
@@ -707,6 +711,9 @@ async fn aggregate(a: AggregateArgs) -> Result<()> {
     cfg.exit_when_idle = a.exit_when_idle.map(Duration::from_secs_f64);
     if let Some(n) = a.flush_max_messages.or(file.flush_max_messages) {
         cfg.flush_max_messages = n.max(1);
+    }
+    if let Some(n) = a.max_buffered_messages.or(file.max_buffered_messages) {
+        cfg.max_buffered_messages = n.max(1);
     }
     if let Some(s) = a.flush_interval.or(file.flush_interval_secs) {
         cfg.flush_interval = Duration::from_secs_f64(s.max(0.0));

@@ -57,6 +57,10 @@ pub struct AggregatorConfig {
     pub data_dir: PathBuf,
     /// Flush a partition's batch when it holds this many messages.
     pub flush_max_messages: usize,
+    /// Messages held in the batches of all partitions together: beyond it, the largest batch
+    /// is flushed. With many partitions, this bounds the aggregator's memory rather than
+    /// partitions × `flush_max_messages`.
+    pub max_buffered_messages: usize,
     /// Flush a partition's batch when its first message is this old.
     pub flush_interval: Duration,
     /// Exit 0 once every assigned partition is at its end and nothing arrived for this long.
@@ -92,6 +96,7 @@ impl AggregatorConfig {
             instance_id: None,
             data_dir: data_dir.into(),
             flush_max_messages: 250_000,
+            max_buffered_messages: 500_000,
             flush_interval: Duration::from_secs(10),
             exit_when_idle: None,
             decode: DecodeOptions::default(),
@@ -424,6 +429,9 @@ pub async fn run_aggregator(
     // Housekeeping (age-based flushes, stalled resumes, progress, the idle exit) runs on this
     // tick, not per message: per message, the loop only handles it and flushes its partition's
     // batch once full.
+    // Messages in all partitions' batches; recomputed after every flush and on every tick
+    // (between ticks a revoked batch can leave it high, which at worst flushes early).
+    let mut buffered = 0usize;
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -440,6 +448,7 @@ pub async fn run_aggregator(
                 last_message = Instant::now();
                 metrics.consumed.fetch_add(1, Relaxed);
                 let p = msg.partition();
+                let before = batch_len(&parts, p);
                 if let Some((p, off)) = ctx.handle_message(&mut parts, &msg)
                     && let Err(e) =
                         consumer.seek(&cfg.topic, p, Offset::Offset(off), Duration::from_secs(10))
@@ -447,13 +456,23 @@ pub async fn run_aggregator(
                     warn!(partition = p, offset = off, error = %e, "seek failed; the next message retries it");
                 }
                 drop(msg);
-                if let Some(state) = parts.get_mut(&p)
-                    && state
-                        .batch
-                        .as_ref()
-                        .is_some_and(|b| b.messages >= cfg.flush_max_messages)
+                buffered = (buffered + batch_len(&parts, p)).saturating_sub(before);
+                let full = if batch_len(&parts, p) >= cfg.flush_max_messages {
+                    Some(p)
+                } else if buffered >= cfg.max_buffered_messages {
+                    // The largest batch, whichever partition it is.
+                    parts
+                        .iter()
+                        .max_by_key(|(q, s)| (s.batch.as_ref().map_or(0, |b| b.messages), **q))
+                        .map(|(q, _)| *q)
+                } else {
+                    None
+                };
+                if let Some(q) = full
+                    && let Some(state) = parts.get_mut(&q)
                 {
-                    ctx.flush(&consumer, p, state).await?;
+                    ctx.flush(&consumer, q, state).await?;
+                    buffered = total_buffered(&parts);
                 }
                 continue;
             }
@@ -484,13 +503,15 @@ pub async fn run_aggregator(
             }
         }
         // Flush batches that are full or old, the partitions' commits side by side (each
-        // partition has its own files, state and lock).
+        // partition has its own files, state and lock), as many at once as there are cores:
+        // more would only hold more batches' Arrow and Parquet buffers in memory together.
         let due = parts.iter_mut().filter(|(_, s)| {
             s.batch.as_ref().is_some_and(|b| {
                 b.messages >= cfg.flush_max_messages || b.started.elapsed() >= cfg.flush_interval
             })
         });
-        futures::future::try_join_all(due.map(|(p, s)| ctx.flush(&consumer, *p, s))).await?;
+        flush_all(&ctx, &consumer, due).await?;
+        buffered = total_buffered(&parts);
         if last_progress.elapsed() >= cfg.progress_interval {
             let consumed = metrics.consumed.load(Relaxed);
             let rate = (consumed - progress_base) as f64 / last_progress.elapsed().as_secs_f64();
@@ -526,8 +547,7 @@ pub async fn run_aggregator(
             break;
         }
     }
-    futures::future::try_join_all(parts.iter_mut().map(|(p, s)| ctx.flush(&consumer, *p, s)))
-        .await?;
+    flush_all(&ctx, &consumer, parts.iter_mut()).await?;
     // Offsets were committed asynchronously after each batch; make the last ones land.
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     if let Some(sink) = sink {
@@ -543,6 +563,45 @@ pub async fn run_aggregator(
         batches: metrics.batches.load(Relaxed),
         elapsed: started.elapsed(),
     })
+}
+
+/// Messages in partition `p`'s batch (0 without one).
+fn batch_len(parts: &HashMap<i32, PartitionState>, p: i32) -> usize {
+    parts
+        .get(&p)
+        .and_then(|s| s.batch.as_ref())
+        .map_or(0, |b| b.messages)
+}
+
+/// Messages in all partitions' batches.
+fn total_buffered(parts: &HashMap<i32, PartitionState>) -> usize {
+    parts
+        .values()
+        .filter_map(|s| s.batch.as_ref())
+        .map(|b| b.messages)
+        .sum()
+}
+
+/// Flush the batches of `states`, at most one commit per core at a time.
+async fn flush_all<'a>(
+    ctx: &Loop<'_>,
+    consumer: &StreamConsumer<Ctx>,
+    states: impl Iterator<Item = (&'a i32, &'a mut PartitionState)>,
+) -> Result<()> {
+    use futures::StreamExt;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pending = Vec::new();
+    for (p, s) in states {
+        pending.push(ctx.flush(consumer, *p, s));
+    }
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut pending = pending.into_iter();
+    running.extend(pending.by_ref().take(cores));
+    while let Some(done) = running.next().await {
+        done?;
+        running.extend(pending.next());
+    }
+    Ok(())
 }
 
 /// What the consumer loop's steps share.

@@ -312,6 +312,15 @@ pub async fn serve(
     })
 }
 
+/// Peak resident set size of this whole process so far, in KiB: Linux's `VmHWM` from
+/// `/proc/self/status`, the figure `getrusage(RUSAGE_SELF).ru_maxrss` reports, read without
+/// `unsafe`. `None` where there is no such file (not Linux).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,13 +350,4 @@ mod tests {
             "{t}"
         );
     }
-}
-
-/// Peak resident set size of this whole process so far, in KiB: Linux's `VmHWM` from
-/// `/proc/self/status`, the figure `getrusage(RUSAGE_SELF).ru_maxrss` reports, read without
-/// `unsafe`. `None` where there is no such file (not Linux).
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
