@@ -780,20 +780,3 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
     }
     Ok((table, doc))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_text_drops_trailing_zeros() {
-        assert_eq!(decimal_text(1_500_000_000_000, 12), "1.5");
-        assert_eq!(decimal_text(0, 12), "0");
-        assert_eq!(decimal_text(-250, 3), "-0.25");
-        assert_eq!(decimal_text(7, 12), "0.000000000007");
-        assert_eq!(decimal_text(1200, 0), "1200");
-        assert_eq!(normalize_decimal("1.500000000000"), "1.5");
-        assert_eq!(normalize_decimal("12.000"), "12");
-        assert_eq!(normalize_decimal("0.000000000007"), "0.000000000007");
-    }
-}

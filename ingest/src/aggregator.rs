@@ -426,12 +426,12 @@ pub async fn run_aggregator(
     let mut last_message = Instant::now();
     let mut last_progress = Instant::now();
     let mut progress_base = 0u64;
-    // Housekeeping (age-based flushes, stalled resumes, progress, the idle exit) runs on this
-    // tick, not per message: per message, the loop only handles it and flushes its partition's
-    // batch once full.
     // Messages in all partitions' batches; recomputed after every flush and on every tick
     // (between ticks a revoked batch can leave it high, which at worst flushes early).
     let mut buffered = 0usize;
+    // Housekeeping (age-based flushes, stalled resumes, progress, the idle exit) runs on this
+    // tick, not per message: per message, the loop only handles it and flushes its partition's
+    // batch once full (or the largest batch, past max_buffered_messages).
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);

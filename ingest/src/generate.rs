@@ -3,7 +3,8 @@
 //! Tenants are Zipf-distributed; calls are a provider/model mix with cache hits and reasoning
 //! tokens; agent runs (plan → act/tool … → evaluate) carry large contexts (some over 50k tokens)
 //! and take a share of tokens that rises over the days of the window. A requested fraction of
-//! messages is invalid in varied ways. The same seed gives the same bytes.
+//! messages is invalid in varied ways. The same seed gives the same bytes. `GenConfig::agents`
+//! sets how many (tenant, agent) pairs occur, for runs at a given agent cardinality.
 //!
 //! [`Truth`] holds the expected totals per tenant and bucket, counted from the generated events
 //! themselves (not from the aggregator's code paths).

@@ -4,6 +4,7 @@
 //! Counters of outcomes (accepted, duplicates, dead letters by reason) move when a batch
 //! commits, so they count each message once even when an uncommitted batch is dropped and
 //! replayed after a rebalance; `consumed` counts every delivery, replays included.
+//! [`peak_rss_kib`] reads the process's peak resident set (`aggregate --summary-json`, the bench).
 //!
 //! Not here: what the numbers mean for billing (reports read the lake, never these counters).
 
