@@ -19,10 +19,12 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type};
 use datafusion::prelude::SessionContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokenmeter_aggregate::PriceBook;
@@ -217,9 +219,17 @@ fn aggregator_process(
     })
 }
 
+/// What runs a query on DataFusion: the product's report function, or the SQL as it is.
+enum Kind {
+    Cost,
+    AgentShare,
+    Sql,
+}
+
 /// One report query of the comparison.
 struct Query {
     name: &'static str,
+    kind: Kind,
     /// The SQL both engines run (DataFusion's; `benches/duckdb_reports.py` rewrites two
     /// DataFusion-only spellings for DuckDB).
     sql: String,
@@ -229,9 +239,9 @@ struct Query {
     cost: &'static str,
 }
 
-/// Rows, the sum of the token column and the sum of the cost column (exact, without trailing
-/// zeros) of a result: what both engines must agree on.
-fn checks(batches: &[RecordBatch], tokens: &str, cost: &str) -> Result<(u64, String, String)> {
+/// Rows, the sum of the token column and the exact sum of the cost column of a result: what
+/// both engines must agree on.
+fn checks(batches: &[RecordBatch], tokens: &str, cost: &str) -> Result<(u64, i128, Decimal)> {
     let (mut rows, mut tok, mut cst, mut scale) = (0u64, 0i128, 0i128, 0i8);
     for b in batches {
         rows += b.num_rows() as u64;
@@ -256,55 +266,18 @@ fn checks(batches: &[RecordBatch], tokens: &str, cost: &str) -> Result<(u64, Str
             .flatten()
             .sum::<i128>();
     }
-    Ok((rows, tok.to_string(), decimal_text(cst, scale)))
-}
-
-/// `units × 10^-scale` as plain decimal text without trailing zeros (`1.5`, `0`, `-0.25`).
-fn decimal_text(units: i128, scale: i8) -> String {
-    let neg = units < 0;
-    let digits = units.unsigned_abs().to_string();
-    let scale = scale.max(0) as usize;
-    let (int, frac) = if digits.len() > scale {
-        digits.split_at(digits.len() - scale)
-    } else {
-        ("0", "")
-    };
-    let frac = if digits.len() > scale {
-        frac.to_string()
-    } else {
-        format!("{digits:0>scale$}")
-    };
-    let frac = frac.trim_end_matches('0');
-    let sign = if neg { "-" } else { "" };
-    if frac.is_empty() {
-        format!("{sign}{int}")
-    } else {
-        format!("{sign}{int}.{frac}")
-    }
-}
-
-/// The same text from DuckDB's `CAST(sum(x) AS VARCHAR)`: trailing zeros dropped.
-fn normalize_decimal(s: &str) -> String {
-    match s.split_once('.') {
-        Some((i, f)) => {
-            let f = f.trim_end_matches('0');
-            if f.is_empty() {
-                i.to_string()
-            } else {
-                format!("{i}.{f}")
-            }
-        }
-        None => s.to_string(),
-    }
+    let cst = Decimal::try_from_i128_with_scale(cst, scale.max(0) as u32)
+        .with_context(|| format!("the sum of {cost} is beyond a 96-bit decimal"))?;
+    Ok((rows, tok, cst))
 }
 
 async fn run_query(ctx: &SessionContext, q: &Query) -> Result<Vec<RecordBatch>> {
-    Ok(match q.name {
-        n if n.starts_with("agent share") => {
+    Ok(match q.kind {
+        Kind::Cost => tokenmeter_query::cost_report(ctx, &q.params).await?,
+        Kind::AgentShare => {
             tokenmeter_query::agent_share_report(ctx, &q.params, Granularity::Month).await?
         }
-        n if n.starts_with("ad-hoc") => ctx.sql(&q.sql).await?.collect().await?,
-        _ => tokenmeter_query::cost_report(ctx, &q.params).await?,
+        Kind::Sql => ctx.sql(&q.sql).await?.collect().await?,
     })
 }
 
@@ -330,6 +303,7 @@ fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
         let p = params(source, None, start, end);
         out.push(Query {
             name: cost_name,
+            kind: Kind::Cost,
             sql: tokenmeter_query::reports::cost_report_sql(&p)?,
             params: p.clone(),
             tokens: "tokens",
@@ -337,6 +311,7 @@ fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
         });
         out.push(Query {
             name: share_name,
+            kind: Kind::AgentShare,
             sql: tokenmeter_query::reports::agent_share_report_sql(&p, Granularity::Month)?,
             params: p,
             tokens: "total_tokens",
@@ -346,6 +321,7 @@ fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
     let p = params(Source::Raw, None, start, end);
     out.push(Query {
         name: "ad-hoc query, raw events",
+        kind: Kind::Sql,
         sql: ADHOC_SQL.to_string(),
         params: p,
         tokens: "tokens",
@@ -354,6 +330,7 @@ fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
     let p = params(Source::Rollups, Some(tenant), month_start, month_end);
     out.push(Query {
         name: "cost, one tenant-month, rollups",
+        kind: Kind::Cost,
         sql: tokenmeter_query::reports::cost_report_sql(&p)?,
         params: p,
         tokens: "tokens",
@@ -439,16 +416,18 @@ async fn compare_reports(
         let d = &duck["results"][q.name];
         let got = (
             d["rows"].as_u64().unwrap_or(u64::MAX),
-            d["tokens"].as_str().unwrap_or("?").to_string(),
-            normalize_decimal(d["cost"].as_str().unwrap_or("0")),
+            d["tokens"].as_str().and_then(|t| t.parse::<i128>().ok()),
+            d["cost"]
+                .as_str()
+                .map_or(Some(Decimal::ZERO), |c| Decimal::from_str(c).ok()),
         );
-        if got != (n, tokens.clone(), cost.clone()) {
+        if got != (n, Some(tokens), Some(cost)) {
             bail!(
                 "DataFusion and DuckDB disagree on \"{}\": DataFusion {n} rows, {tokens} tokens, cost {cost}; DuckDB {} rows, {} tokens, cost {}",
                 q.name,
                 got.0,
-                got.1,
-                got.2
+                d["tokens"],
+                d["cost"]
             );
         }
         rows.push(ReportRow {
@@ -536,7 +515,8 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
                 chrono::Utc::now().timestamp()
             );
             let parts = a.partitions.max(1);
-            m::create_topics(b, &[(&t, parts), (&format!("{t}.dlq"), 1)]).await?;
+            tokenmeter_ingest::kafka::create_topics(b, &[(&t, parts), (&format!("{t}.dlq"), 1)])
+                .await?;
             (b.clone(), t, Some(parts))
         }
         None => {

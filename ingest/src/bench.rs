@@ -10,8 +10,6 @@
 use crate::kafka::client_config;
 use crate::{Error, Result};
 use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use std::hint::black_box;
@@ -108,7 +106,6 @@ pub fn pipeline(
         ..Default::default()
     };
     let s = &mut run.stages;
-    let mut folds = Duration::ZERO;
     let started = Instant::now();
     for chunk in messages.chunks(batch.max(1)) {
         let first = next;
@@ -157,7 +154,6 @@ pub fn pipeline(
         black_box(rollup::fold(kept.iter()));
         let fold = t.elapsed();
         s.fold += fold;
-        folds += fold;
 
         let t = Instant::now();
         lake.commit(&lock, first, last, &kept)?;
@@ -166,7 +162,7 @@ pub fn pipeline(
         run.committed += kept.len() as u64;
         run.batches += 1;
     }
-    run.elapsed = started.elapsed().saturating_sub(folds);
+    run.elapsed = started.elapsed().saturating_sub(run.stages.fold);
     Ok(run)
 }
 
@@ -246,46 +242,6 @@ pub fn count_topic(
         }
     }
     Ok((count, started.elapsed()))
-}
-
-/// Create `topics` (name, partitions) on the broker at `brokers` and wait until its metadata
-/// shows every partition. A topic that exists already is an error: the bench measures a fresh
-/// topic.
-pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[])
-        .create()
-        .map_err(Error::kafka("creating the admin client"))?;
-    let new: Vec<_> = topics
-        .iter()
-        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin
-        .create_topics(&new, &opts)
-        .await
-        .map_err(Error::kafka(format!("creating topics on {brokers}")))?
-    {
-        r.map_err(|(t, e)| Error::Config(format!("creating topic {t} on {brokers}: {e}")))?;
-    }
-    let started = Instant::now();
-    for (t, n) in topics {
-        loop {
-            let md = admin
-                .inner()
-                .fetch_metadata(Some(t), Duration::from_secs(5))
-                .map_err(Error::kafka(format!("reading the metadata of {t}")))?;
-            if md.topics().first().map(|x| x.partitions().len() as i32) == Some(*n) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(Error::Config(format!(
-                    "topic {t} was created on {brokers} but its {n} partitions did not show in the metadata within 30 s"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    Ok(())
 }
 
 /// Messages `topic` holds now: the sum over its partitions of high − low watermark (what a

@@ -188,8 +188,10 @@ pub struct Generator {
     run_factor: f64,
 }
 
-/// Mean chance that an event starts an agent run, over the window (0.0003 rising to 0.0015).
-const MEAN_RUN_START: f64 = 0.0009;
+/// Chance that an event starts an agent run: `RUN_START` at the window's start, rising by
+/// `RUN_START_RISE` to its end.
+const RUN_START: f64 = 0.0003;
+const RUN_START_RISE: f64 = 0.0012;
 
 impl Generator {
     pub fn new(cfg: GenConfig) -> Self {
@@ -207,7 +209,8 @@ impl Generator {
                     .map(|x| ((agents as f64 * x / total).round() as u32).max(1))
                     .collect();
                 let runs = 3.0 * agents as f64;
-                let factor = (runs / (MEAN_RUN_START * cfg.events.max(1) as f64)).max(1.0);
+                let mean_start = RUN_START + RUN_START_RISE / 2.0;
+                let factor = (runs / (mean_start * cfg.events.max(1) as f64)).max(1.0);
                 (pools, factor)
             }
         };
@@ -425,7 +428,7 @@ impl Iterator for Generator {
         // Agent runs take a rising share of tokens over the window.
         let frac =
             (time - self.cfg.start).num_seconds() as f64 / (self.cfg.days.max(1) as f64 * 86_400.0);
-        if self.rng.random::<f64>() < (0.0003 + 0.0012 * frac) * self.run_factor {
+        if self.rng.random::<f64>() < (RUN_START + RUN_START_RISE * frac) * self.run_factor {
             self.start_run(i, tenant, time);
             let e = self.run.pop().expect("a run has steps");
             return Some(Message {

@@ -5,8 +5,6 @@
 //! A missing service is a test failure with advice, never a skip.
 
 use crate::support::files_under;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::BTreeMap;
@@ -53,37 +51,9 @@ pub fn unique_topic(prefix: &str) -> String {
 
 /// Create topics and wait until the broker reports all their partitions.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let new: Vec<_> = topics
-        .iter()
-        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
-        .collect();
-    let res = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
+    tokenmeter_ingest::kafka::create_topics(brokers, topics)
         .await
-        .unwrap_or_else(|e| panic!("creating topics on {brokers}: {e}"));
-    for r in res {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
-    let c = consumer(brokers, "metadata");
-    wait_for(
-        "topics to show in metadata",
-        Duration::from_secs(30),
-        || {
-            topics.iter().all(|(t, n)| {
-                c.fetch_metadata(Some(t), Duration::from_secs(5))
-                    .ok()
-                    .and_then(|m| m.topics().first().map(|x| x.partitions().len() as i32))
-                    == Some(*n)
-            })
-        },
-    );
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A plain consumer for metadata, watermarks and reading topics.
