@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# No incremental compilation: a run builds each crate once, and incremental's caches would more
+# than double the target directory (a CI machine once ran out of disk linking the test binaries).
+# Set CARGO_INCREMENTAL=1 to keep them for quicker reruns while developing.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 log() { printf '\n== %s\n' "$*" >&2; }
 
 # Build prerequisites of rdkafka's bundled librdkafka (./configure build) and of zstd.
