@@ -544,10 +544,11 @@ async fn run(cli: Cli) -> Result<()> {
             ch.init().await?;
             let t = ch.target();
             println!(
-                "ClickHouse {version} at {}: database {}, table {}, view {}.{} ready",
+                "ClickHouse {version} at {}: database {}, table {}, views {} and {}.{} ready",
                 t.url,
                 t.database,
                 ch.parts_table(),
+                ch.complete_table(),
                 t.database,
                 t.table
             );
@@ -574,7 +575,7 @@ async fn reconcile(a: ReconcileArgs) -> Result<()> {
     let ch = tokenmeter_aggregate::clickhouse::ClickHouse::new(target)?;
     let src = ClickHouseSource {
         client: ch.client().clone(),
-        parts_table: ch.parts_table(),
+        complete_table: ch.complete_table(),
     };
     let params = ReconcileParams {
         from: a.from,

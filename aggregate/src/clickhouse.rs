@@ -3,11 +3,15 @@
 //! rollup files.
 //!
 //! The exactly-once protocol (ARCHITECTURE.md, "ClickHouse sink"): every row carries the identity
-//! of the lake batch it came from (`src_topic`, `src_partition`, `batch_first`, `batch_last`);
+//! of the lake batch it came from (`src_topic`, `src_partition`, `batch_first`, `batch_last`)
+//! and of the INSERT that wrote it (`insert_id`, and `insert_rows`, the rows that INSERT sent);
 //! batches of a partition are shipped in offset order, whole, in one INSERT into a table without
-//! PARTITION BY (one part: all rows visible or none). The sink's position for a partition is
-//! therefore `max(batch_last)` of its rows, read back from ClickHouse after every restart or
-//! failed insert — the same state the data lives in, so they cannot disagree.
+//! PARTITION BY. Readers see only the rows of *complete* INSERTs (the `{table}_complete` view:
+//! as many rows under an `insert_id` as it declares), because ClickHouse 18.16 keeps the rows
+//! received before a client's connection broke (ClickHouse/ClickHouse#9666). The sink's position
+//! for a partition is therefore `max(batch_last)` of its complete rows, read back from ClickHouse
+//! after every restart or failed insert — the same state the data lives in, so they cannot
+//! disagree.
 //!
 //! Not here: when to ship and which partitions this process owns (`tokenmeter-ingest`'s sink
 //! task), and reconciliation (`tokenmeter-query`).
@@ -76,6 +80,10 @@ pub struct RollupRow {
     pub src_partition: i32,
     pub batch_first: i64,
     pub batch_last: i64,
+    /// The `query_id` of the INSERT that wrote the row (set by [`ClickHouse::insert`]).
+    pub insert_id: String,
+    /// How many rows that INSERT sent: fewer rows under its `insert_id` mean it was cut short.
+    pub insert_rows: u64,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -141,12 +149,18 @@ impl ClickHouse {
         format!("{}.{}_parts", self.target.database, self.target.table)
     }
 
+    /// `database.table_complete`, the view of the rows of complete INSERTs: what every reader
+    /// (the sink's position, reconcile, dashboards, the `usage_hourly` view) reads.
+    pub fn complete_table(&self) -> String {
+        complete_table(&self.target.database, &self.target.table)
+    }
+
     /// The DDL statements for this target, in order.
     pub fn ddl(&self) -> Vec<String> {
         ddl_statements(&self.target.database, &self.target.table)
     }
 
-    /// Create the database, the table and the view if they do not exist (idempotent).
+    /// Create the database, the table and the views if they do not exist (idempotent).
     pub async fn init(&self) -> Result<()> {
         for stmt in self.ddl() {
             let head: String = stmt.lines().next().unwrap_or_default().to_string();
@@ -170,11 +184,12 @@ impl ClickHouse {
         Ok(v.into_iter().next().unwrap_or_default())
     }
 
-    /// The sink's position per partition of `topic`: the last offset of the last batch loaded.
+    /// The sink's position per partition of `topic`: the last offset of the last batch loaded
+    /// by a complete INSERT.
     pub async fn progress(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
         let sql = format!(
             "SELECT src_partition, max(batch_last) AS last FROM {} WHERE src_topic = ? GROUP BY src_partition",
-            self.parts_table()
+            self.complete_table()
         );
         let rows: Vec<Progress> = self
             .client
@@ -205,10 +220,11 @@ impl ClickHouse {
         Ok(n.first().copied().unwrap_or(0) > 0)
     }
 
-    /// Insert `rows` in one INSERT under `query_id` (at most [`MAX_INSERT_ROWS`]).
+    /// Insert `rows` in one INSERT under `query_id` (at most [`MAX_INSERT_ROWS`]), each row
+    /// stamped with `query_id` and the row count, so a cut-short INSERT stays invisible.
     pub async fn insert(
         &self,
-        rows: &[RollupRow],
+        rows: &mut [RollupRow],
         query_id: &str,
         timeout: Duration,
     ) -> Result<()> {
@@ -217,6 +233,11 @@ impl ClickHouse {
             "insert of {} rows",
             rows.len()
         );
+        let n = rows.len() as u64;
+        for r in rows.iter_mut() {
+            r.insert_id = query_id.to_string();
+            r.insert_rows = n;
+        }
         let table = self.parts_table();
         let mut ins = self
             .client
@@ -226,7 +247,7 @@ impl ClickHouse {
             .map_err(ch_err(format!("starting an INSERT into {table}")))?
             .with_timeouts(Some(timeout), Some(timeout))
             .with_setting("query_id", query_id);
-        for r in rows {
+        for r in rows.iter() {
             ins.write(r)
                 .await
                 .map_err(ch_err(format!("writing rows into {table}")))?;
@@ -240,6 +261,11 @@ impl ClickHouse {
     pub fn client(&self) -> &clickhouse::Client {
         &self.client
     }
+}
+
+/// `database.table_complete` (validated identifiers): the rows of complete INSERTs.
+pub fn complete_table(database: &str, table: &str) -> String {
+    format!("{database}.{table}_complete")
 }
 
 /// The DDL statements for a database and table name (validated identifiers).
@@ -426,6 +452,8 @@ pub fn read_rollup_file(root: &Path, file: &RollupFile) -> Result<Vec<RollupRow>
                 src_partition: file.id.partition,
                 batch_first: file.id.first,
                 batch_last: file.id.last,
+                insert_id: String::new(),
+                insert_rows: 0,
             });
         }
     }
@@ -437,12 +465,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ddl_splits_into_three_statements_with_names_substituted() {
+    fn ddl_splits_into_four_statements_with_names_substituted() {
         let s = ddl_statements("db1", "hourly");
-        assert_eq!(s.len(), 3, "{s:#?}");
+        assert_eq!(s.len(), 4, "{s:#?}");
         assert!(s[0].starts_with("CREATE DATABASE IF NOT EXISTS db1"));
         assert!(s[1].starts_with("CREATE TABLE IF NOT EXISTS db1.hourly_parts ("));
-        assert!(s[2].starts_with("CREATE VIEW IF NOT EXISTS db1.hourly AS"));
+        assert!(s[2].starts_with("CREATE VIEW IF NOT EXISTS db1.hourly_complete AS"));
+        assert!(s[3].starts_with("CREATE VIEW IF NOT EXISTS db1.hourly AS"));
+        assert!(s[3].contains("FROM db1.hourly_complete"));
         assert!(s.iter().all(|x| !x.contains("{{")));
     }
 

@@ -295,7 +295,7 @@ impl Task {
         }
         let batches: Vec<Vec<RollupFile>> = self.pending.values().cloned().collect();
         let root: PathBuf = self.lake.root().to_path_buf();
-        let (rows, shipped) = tokio::task::spawn_blocking(
+        let (mut rows, shipped) = tokio::task::spawn_blocking(
             move || -> tokenmeter_aggregate::Result<(Vec<RollupRow>, Vec<FileId>)> {
                 let mut rows: Vec<RollupRow> = Vec::new();
                 let mut shipped = Vec::new();
@@ -336,7 +336,10 @@ impl Task {
             chrono::Utc::now().timestamp_micros()
         );
         let t = Instant::now();
-        let res = self.ch.insert(&rows, &query_id, self.opts.timeout).await;
+        let res = self
+            .ch
+            .insert(&mut rows, &query_id, self.opts.timeout)
+            .await;
         if let Err(e) = res {
             // Its outcome is unknown until the server stops running it; then the progress is
             // read again (the next steps), so it is neither lost nor repeated.

@@ -53,7 +53,7 @@ pub struct Dashboard {
 pub type Range = (u32, u32);
 
 impl Dashboard {
-    /// Dashboards over `database.table_parts`.
+    /// Dashboards over `database.table_complete` (the rows of complete INSERTs).
     pub fn new(database: &str, table: &str) -> Result<Self> {
         if ![database, table]
             .iter()
@@ -66,7 +66,7 @@ impl Dashboard {
             });
         }
         Ok(Dashboard {
-            parts: format!("{database}.{table}_parts"),
+            parts: tokenmeter_aggregate::clickhouse::complete_table(database, table),
         })
     }
 

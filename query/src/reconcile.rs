@@ -96,8 +96,8 @@ pub struct ReconcileParams {
 #[derive(Clone)]
 pub struct ClickHouseSource {
     pub client: clickhouse::Client,
-    /// `database.table_parts`.
-    pub parts_table: String,
+    /// `database.table_complete`: the rows of complete INSERTs.
+    pub complete_table: String,
 }
 
 /// One partition's positions.
@@ -243,7 +243,7 @@ pub async fn reconcile(
         .client
         .query(&format!(
             "SELECT src_topic, src_partition, max(batch_last) AS last FROM {} GROUP BY src_topic, src_partition",
-            ch.parts_table
+            ch.complete_table
         ))
         .fetch_all()
         .await
@@ -298,7 +298,7 @@ pub async fn reconcile(
     };
     let sql = format!(
         "SELECT tenant_id, toUInt32(hour) AS hour, currency, toInt64(sum(requests)) AS requests, toInt64(sum(tokens_uncached_input)) AS t0, toInt64(sum(tokens_cache_read)) AS t1, toInt64(sum(tokens_cache_write)) AS t2, toInt64(sum(tokens_output)) AS t3, toInt64(sum(tokens_reasoning)) AS t4, sum(cost) AS cost FROM {} WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND ({cond}) GROUP BY tenant_id, hour, currency",
-        ch.parts_table
+        ch.complete_table
     );
     let mut q = ch
         .client

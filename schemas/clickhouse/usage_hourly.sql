@@ -13,8 +13,10 @@ CREATE DATABASE IF NOT EXISTS {{database}}
 -- {{table}}_parts: what the aggregator inserts. One row per rollup key (hour, tenant_id,
 -- provider, model, is_agent, agent_id, currency) per lake batch; the batch identity (src_topic,
 -- src_partition, batch_first, batch_last) is the sink's exactly-once ledger. A batch's rows go in
--- one INSERT into a table without PARTITION BY: one part, visible all at once or not at all.
--- Sums over this table are exact at every moment; no merge, FINAL or dedup is needed.
+-- one INSERT into a table without PARTITION BY, and every row names its INSERT (insert_id, its
+-- query_id) and how many rows that INSERT sent (insert_rows). Read it through
+-- {{table}}_complete: a client killed mid-INSERT leaves the rows received so far in the table on
+-- ClickHouse 18.16 (ClickHouse/ClickHouse#9666), and only the view leaves them out.
 CREATE TABLE IF NOT EXISTS {{database}}.{{table}}_parts (
     hour DateTime('UTC'),
     tenant_id String,
@@ -44,9 +46,24 @@ CREATE TABLE IF NOT EXISTS {{database}}.{{table}}_parts (
     src_topic String,
     src_partition Int32,
     batch_first Int64,
-    batch_last Int64
+    batch_last Int64,
+    insert_id String,
+    insert_rows UInt64
 ) ENGINE = MergeTree()
 ORDER BY (tenant_id, hour, provider, model, src_topic, src_partition, batch_first)
+;
+-- {{table}}_complete: the rows of complete INSERTs (as many rows under an insert_id as it
+-- declares). Sums over it are exact at every moment; no merge, FINAL or dedup is needed. The
+-- sink's position, reconcile and the dashboards read it.
+CREATE VIEW IF NOT EXISTS {{database}}.{{table}}_complete AS
+SELECT *
+FROM {{database}}.{{table}}_parts
+WHERE insert_id IN (
+    SELECT insert_id
+    FROM {{database}}.{{table}}_parts
+    GROUP BY insert_id
+    HAVING count() = any(insert_rows)
+)
 ;
 -- {{table}}: one row per rollup key, the same columns as the lake's usage_hourly view.
 CREATE VIEW IF NOT EXISTS {{database}}.{{table}} AS
@@ -76,5 +93,5 @@ SELECT
     sum(cost_reasoning) AS cost_reasoning,
     sum(cost) AS cost,
     currency
-FROM {{database}}.{{table}}_parts
+FROM {{database}}.{{table}}_complete
 GROUP BY hour, tenant_id, provider, model, is_agent, agent_id, currency

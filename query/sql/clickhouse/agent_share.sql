@@ -2,7 +2,7 @@
 -- tokens (input + output as reported) and cost. Same numbers as the lake's agent-share report
 -- at month granularity when the range is one month; shares are agent / total.
 --
--- {{parts}}  the rollup table, database.table_parts (validated identifiers)
+-- {{parts}}  the rollup rows of complete INSERTs, database.table_complete (validated identifiers)
 -- Parameters, in order: tenant_id, first instant and end instant (UTC seconds, end exclusive).
 SELECT
     currency,

@@ -1,7 +1,7 @@
 -- Dashboard (ClickHouse): a tenant's cost per local day of a range, per currency.
 -- Same numbers as the lake's agent-share report at day granularity (its total_cost).
 --
--- {{parts}}  the rollup table, database.table_parts (validated identifiers)
+-- {{parts}}  the rollup rows of complete INSERTs, database.table_complete (validated identifiers)
 -- Parameters, in order (bound to the placeholders by the clickhouse crate):
 --   1. time zone name (e.g. 'Asia/Shanghai'; whole-hour offsets: rows are UTC hours)
 --   2. tenant_id

@@ -1,7 +1,7 @@
 -- Dashboard (ClickHouse): a tenant's tokens and cost per provider, model and currency over a
 -- range. Same numbers as the lake's cost report summed over its token types.
 --
--- {{parts}}  the rollup table, database.table_parts (validated identifiers)
+-- {{parts}}  the rollup rows of complete INSERTs, database.table_complete (validated identifiers)
 -- Parameters, in order: tenant_id, first instant and end instant (UTC seconds, end exclusive).
 SELECT
     provider,
