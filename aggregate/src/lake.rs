@@ -118,6 +118,33 @@ pub fn trip(
     }
 }
 
+/// How the lake encodes a column in Parquet (zstd compresses every page on top).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnEncoding {
+    /// Dictionary with RLE indices: strings that repeat (tenants, models, agents, hours).
+    Dictionary,
+    /// Plain values: columns where most values differ (event ids, fingerprints, latencies,
+    /// token counts, money). A dictionary as large as the column plus its indices compresses
+    /// worse than the values themselves (measured: event ids 16.2 → 10.5 kB and token counts
+    /// about 25 % smaller per 3,800-event file, as DuckDB's writer chooses).
+    Plain,
+    /// `DELTA_BINARY_PACKED`: integers that rise within a file (event times, offsets), whose
+    /// deltas are small. DuckDB reads it; it does not read `BYTE_STREAM_SPLIT` on 16-byte
+    /// decimals, so money stays plain.
+    Delta,
+}
+
+/// The encoding of the lake's column `name` of type `dt` (raw events and rollups).
+pub fn column_encoding(name: &str, dt: &DataType) -> ColumnEncoding {
+    match (name, dt) {
+        ("event_time", DataType::Timestamp(..)) | ("kafka_offset", DataType::Int64) => {
+            ColumnEncoding::Delta
+        }
+        ("event_id", _) | (_, DataType::Int64 | DataType::Decimal128(..)) => ColumnEncoding::Plain,
+        _ => ColumnEncoding::Dictionary,
+    }
+}
+
 /// Writer settings.
 #[derive(Debug, Clone)]
 pub struct LakeOptions {
@@ -426,16 +453,12 @@ impl Lake {
             .set_statistics_enabled(EnabledStatistics::Page);
         for field in batch.schema().fields() {
             let col = ColumnPath::from(field.name().as_str());
-            // Event times and offsets rise within a file, so their deltas are small; a
-            // dictionary of them would not fit. (DuckDB reads DELTA_BINARY_PACKED; it does not
-            // read BYTE_STREAM_SPLIT on 16-byte decimals, so money keeps the default.)
-            props = match (field.name().as_str(), field.data_type()) {
-                ("event_time", DataType::Timestamp(..)) | ("kafka_offset", DataType::Int64) => {
-                    props
-                        .set_column_dictionary_enabled(col.clone(), false)
-                        .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED)
-                }
-                _ => props,
+            props = match column_encoding(field.name(), field.data_type()) {
+                ColumnEncoding::Dictionary => props,
+                ColumnEncoding::Plain => props.set_column_dictionary_enabled(col, false),
+                ColumnEncoding::Delta => props
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED),
             };
         }
         let props = props.build();

@@ -10,11 +10,14 @@ use std::collections::BTreeMap;
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// The rollup grain. `agent_id` present means an agent workload; `currency` absent means unpriced.
+///
+/// Keys order by tenant first (the field order), so a rollup file holds each tenant's rows
+/// together and its pages' min/max statistics let a one-tenant query skip the other tenants.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RollupKey {
+    pub tenant_id: String,
     /// Start of the UTC hour, microseconds since the epoch.
     pub hour_micros: i64,
-    pub tenant_id: String,
     pub provider: String,
     pub model: String,
     pub agent_id: Option<String>,

@@ -120,21 +120,36 @@ pub async fn open_catalog_at(
 
 /// The session configuration: one target partition per core, Parquet filter pushdown (raw-event
 /// scans filter on `event_time` and `tenant_id`, which row-level pushdown makes cheaper), and an
-/// `information_schema` so `SHOW TABLES` works.
-pub fn session_config() -> SessionConfig {
+/// `information_schema` so `SHOW TABLES` works. DataFusion's own environment variables override
+/// any of it, as in `datafusion-cli`: `DATAFUSION_EXECUTION_TARGET_PARTITIONS=8` sets
+/// `datafusion.execution.target_partitions`. A value DataFusion rejects is an error naming the
+/// variable.
+pub fn session_config() -> Result<SessionConfig> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut config = SessionConfig::new()
         .with_target_partitions(cores)
         .with_information_schema(true);
-    let parquet = &mut config.options_mut().execution.parquet;
-    parquet.pushdown_filters = true;
-    parquet.reorder_filters = true;
-    config
+    let options = config.options_mut();
+    options.execution.parquet.pushdown_filters = true;
+    options.execution.parquet.reorder_filters = true;
+    for entry in options.entries() {
+        let var = entry.key.to_uppercase().replace('.', "_");
+        if let Some(value) = std::env::var_os(&var) {
+            let value = value.to_string_lossy();
+            options.set(&entry.key, &value).map_err(|e| {
+                Error::Config(format!(
+                    "{var}={value} cannot set {}: {e}; fix or unset the variable",
+                    entry.key
+                ))
+            })?;
+        }
+    }
+    Ok(config)
 }
 
 /// Register the tables over an already-built lake store.
 async fn open_with_store(store: Arc<dyn ObjectStore>) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(session_config());
+    let ctx = SessionContext::new_with_config(session_config()?);
     let url = ObjectStoreUrl::parse(LAKE_URL)?;
     ctx.register_object_store(url.as_ref(), store);
     register_listing(&ctx, "usage_events", EVENTS_DIR, EVENTS_SCHEMA.clone())?;

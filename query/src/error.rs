@@ -103,13 +103,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// DataFusion failed to plan or run a query.
     /// A period (month, close, restatement range) cannot be used as asked.
     #[error("{0}")]
     Period(String),
     /// Pricing or rating failed.
     #[error("{0}")]
     Pricing(#[from] tokenmeter_aggregate::Error),
+    /// A DataFusion setting from the environment was rejected (the message names the variable).
+    #[error("{0}")]
+    Config(String),
+    /// DataFusion failed to plan or run a query.
     #[error("query failed: {0}")]
     DataFusion(#[from] DataFusionError),
 
