@@ -35,7 +35,7 @@
 use crate::budgets::{Ledger, SpendEvent};
 use crate::dedupe::{self, Key};
 use crate::record::{PricedEvent, events_batch, rollup_batch};
-use crate::rollup::fold;
+use crate::rollup::{self, fold};
 use crate::{Error, Result};
 use arrow::datatypes::DataType;
 use parquet::arrow::ArrowWriter;
@@ -522,7 +522,7 @@ impl Lake {
                 self.fail(FailPoint::MidWrite, n)?;
             }
             let rows = fold(evs.iter().copied());
-            let rows: Vec<_> = rows.iter().collect();
+            let rows = rollup::by_tenant(&rows);
             report.rollup_rows += rows.len();
             let rel = format!("{}/{name}", layout::date_dir(ROLLUPS_DIR, *date));
             let tmp = staged(&self.root, topic, partition, &rel);

@@ -11,13 +11,13 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// The rollup grain. `agent_id` present means an agent workload; `currency` absent means unpriced.
 ///
-/// Keys order by tenant first (the field order), so a rollup file holds each tenant's rows
-/// together and its pages' min/max statistics let a one-tenant query skip the other tenants.
+/// Keys order by hour first (cheap to compare while folding); files are written in
+/// [`by_tenant`] order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RollupKey {
-    pub tenant_id: String,
     /// Start of the UTC hour, microseconds since the epoch.
     pub hour_micros: i64,
+    pub tenant_id: String,
     pub provider: String,
     pub model: String,
     pub agent_id: Option<String>,
@@ -86,6 +86,17 @@ pub fn fold<'a>(
         rows.entry(k).or_default().merge(&v);
     }
     rows
+}
+
+/// Folded rows in the order rollup files hold them: by tenant, then hour, provider, model,
+/// agent and currency. A file keeps each tenant's rows together, so its pages' min/max
+/// statistics let a one-tenant query skip the other tenants.
+pub fn by_tenant(rows: &BTreeMap<RollupKey, RollupValue>) -> Vec<(&RollupKey, &RollupValue)> {
+    let mut out: Vec<_> = rows.iter().collect();
+    // Stable, and the map's order is (hour, tenant, …): sorting by tenant alone gives
+    // (tenant, hour, …).
+    out.sort_by(|a, b| a.0.tenant_id.cmp(&b.0.tenant_id));
+    out
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use std::path::Path;
 use tokenmeter_aggregate::PriceBook;
 use tokenmeter_aggregate::prices::{Money, format_money};
 use tokenmeter_aggregate::record::rollup_batch;
-use tokenmeter_aggregate::rollup::{RollupKey, RollupValue, hour_of};
+use tokenmeter_aggregate::rollup::{RollupKey, RollupValue, by_tenant, hour_of};
 use tokenmeter_schemas::layout::{
     EVENTS_DIR, FileId, RESTATEMENTS_DIR, ROLLUPS_DIR, RestatedTotal, Restatement, date_dir,
 };
@@ -242,8 +242,7 @@ fn reprice_run(
         std::sync::Arc::new(price_from.finish()),
     );
     let events = RecordBatch::try_new(EVENTS_SCHEMA.clone(), cols)?;
-    let rows: Vec<(&RollupKey, &RollupValue)> = rollups.iter().collect();
-    Ok((events, rollup_batch(&rows)?))
+    Ok((events, rollup_batch(&by_tenant(&rollups))?))
 }
 
 /// Reprice the UTC dates `[from, to)` of the lake at `root` with `book` (read from
