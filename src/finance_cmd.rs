@@ -13,8 +13,9 @@ use tokenmeter_aggregate::prices::{
 };
 use tokenmeter_query::invoice::{self, InvoiceDoc};
 use tokenmeter_query::periods::{self, Closed};
-use tokenmeter_query::reprice::{self, Repriced};
+use tokenmeter_query::reprice::{self, Compacted, Repriced};
 use tokenmeter_schemas::Buckets;
+use tokenmeter_schemas::layout::RestatementKind;
 
 /// The user recorded in audit entries: `--by`, else `$USER`, else "unknown".
 fn who(by: &Option<String>) -> String {
@@ -222,6 +223,60 @@ fn print_totals(r: &tokenmeter_schemas::layout::Restatement) {
 }
 
 #[derive(Args)]
+pub struct CompactArgs {
+    #[arg(long, env = "TOKENMETER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// First UTC date, inclusive (YYYY-MM-DD).
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last UTC date, exclusive. Compact dates once they are quiet (yesterday and before):
+    /// batches committed after a compaction stay visible beside it, as small files again.
+    #[arg(long)]
+    to: NaiveDate,
+    /// Who compacts, for the audit record (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+pub async fn run_compact(a: CompactArgs) -> Result<()> {
+    eprintln!("compacting {}..{} (UTC dates) …", a.from, a.to);
+    match reprice::compact(&a.data_dir, a.from, a.to, &who(&a.by), Utc::now()).await? {
+        Compacted::NoChange { events } => println!(
+            "nothing to compact: every date of {}..{} has at most one file per table ({events} events)",
+            a.from, a.to
+        ),
+        Compacted::Compacted { manifest, dates } => {
+            println!(
+                "compaction {} of {}..{} by {} at {}:",
+                manifest.generation,
+                manifest.from,
+                manifest.to,
+                manifest.created_by,
+                manifest.created_at.to_rfc3339()
+            );
+            println!(
+                "{:<10} {:>10} {:>12} {:>14} {:>14}",
+                "date", "events", "files", "bytes before", "bytes after"
+            );
+            for d in &dates {
+                println!(
+                    "{:<10} {:>10} {:>7} -> 2 {:>14} {:>14}",
+                    d.date.to_string(),
+                    d.events,
+                    d.files_before,
+                    d.bytes_before,
+                    d.bytes_after
+                );
+            }
+            println!(
+                "the original files stay on disk (views as of earlier cuts and the aggregator's dedupe read them)"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct RestatementsArgs {
     #[arg(long, env = "TOKENMETER_DATA_DIR")]
     data_dir: PathBuf,
@@ -233,15 +288,17 @@ pub fn run_restatements(a: RestatementsArgs) -> Result<()> {
         println!("no restatements: every cost is as the aggregator priced it");
     }
     for r in all {
+        let what = match r.kind {
+            RestatementKind::Reprice => format!("book {} {}", r.prices_path, r.prices_hash),
+            RestatementKind::Compaction => "compaction: rows and costs unchanged".to_string(),
+        };
         println!(
-            "\nrestatement {} of {}..{} by {} at {} (book {} {})",
+            "\nrestatement {} of {}..{} by {} at {} ({what})",
             r.generation,
             r.from,
             r.to,
             r.created_by,
             r.created_at.to_rfc3339(),
-            r.prices_path,
-            r.prices_hash
         );
         print_totals(&r);
     }

@@ -60,6 +60,9 @@ enum Command {
     /// Recompute the cost of UTC dates from the raw events with a price book, as an audited
     /// restatement (reports show the latest; --as-of an earlier one).
     Reprice(finance_cmd::RepriceArgs),
+    /// Compact UTC dates: each date's many small files (one per partition and batch) become one
+    /// raw-event file and one rollup file, same rows and costs, ordered by tenant and time.
+    Compact(finance_cmd::CompactArgs),
     /// List the restatements of a lake with their audit records.
     Restatements(finance_cmd::RestatementsArgs),
     /// Close a month: freeze its invoices; later events of it become adjustments of the next
@@ -560,6 +563,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Report(ReportCommand::Invoice(a)) => finance_cmd::run_invoice(a).await,
         Command::Report(ReportCommand::Adjustments(a)) => finance_cmd::run_adjustments(a).await,
         Command::Reprice(a) => finance_cmd::run_reprice(a).await,
+        Command::Compact(a) => finance_cmd::run_compact(a).await,
         Command::Restatements(a) => finance_cmd::run_restatements(a),
         Command::Close(a) => finance_cmd::run_close(a),
     }

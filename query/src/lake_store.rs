@@ -24,7 +24,7 @@ use datafusion::object_store::{
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -156,9 +156,13 @@ fn read_state(path: &std::path::Path) -> Result<PartitionState> {
     Ok(state)
 }
 
-/// The restatements a view applies: per UTC date, the generation in force and its cut.
+/// The restatements a view applies: per UTC date, the generation in force, its cut and its
+/// files (paths relative to the lake root).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Restated(BTreeMap<NaiveDate, (u32, Arc<Cut>)>);
+pub struct Restated(BTreeMap<NaiveDate, (u32, Arc<Cut>, Arc<GenerationFiles>)>);
+
+/// The files of one restatement generation, relative to the lake root.
+pub type GenerationFiles = HashSet<String>;
 
 /// `committed_through` per (topic, partition) at a restatement's cut.
 pub type Cut = HashMap<(String, i32), i64>;
@@ -190,10 +194,16 @@ impl Restated {
                     .map(|e| ((e.topic.clone(), e.partition), e.committed_through))
                     .collect(),
             );
-            let mut d = r.from;
-            while d < r.to {
-                map.insert(d, (r.generation, Arc::clone(&cut)));
-                d = d.succ_opt().expect("date in range");
+            let files: Arc<GenerationFiles> = Arc::new(r.files.iter().cloned().collect());
+            // In force on the dates it has files for: a compaction leaves out the dates of its
+            // range that had nothing to compact (and a reprice writes files for every date of
+            // its range that has events).
+            for d in r
+                .files
+                .iter()
+                .filter_map(|f| date_of(&Path::from(f.as_str())))
+            {
+                map.insert(d, (r.generation, Arc::clone(&cut), Arc::clone(&files)));
             }
         }
         Ok((Self(map), all))
@@ -206,7 +216,13 @@ impl Restated {
 
     /// The generation and cut in force for `date`.
     pub fn for_date(&self, date: NaiveDate) -> Option<(u32, &Cut)> {
-        self.0.get(&date).map(|(g, c)| (*g, c.as_ref()))
+        self.0.get(&date).map(|(g, c, _)| (*g, c.as_ref()))
+    }
+
+    /// Whether `rel` (a path relative to the lake root) is a file of the generation in force
+    /// for `date`.
+    pub fn is_file_of(&self, date: NaiveDate, rel: &str) -> bool {
+        self.0.get(&date).is_some_and(|(_, _, f)| f.contains(rel))
     }
 }
 
@@ -266,8 +282,9 @@ fn date_of(location: &Path) -> Option<NaiveDate> {
 }
 
 /// Whether `location` is visible: a committed original not replaced by the restatement of its
-/// date, or a file of that restatement.
-fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Path) -> bool {
+/// date, or a file its manifest lists (a repriced file per partition, or a compaction's file of
+/// the whole date). Restatements whose cut is past the view's are not in `restated`.
+pub fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Path) -> bool {
     if restated.is_empty() {
         return committed.is_visible(location);
     }
@@ -277,7 +294,13 @@ fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Path) -
     if name.ends_with(TMP_SUFFIX) {
         return false;
     }
-    let Some((id, generation)) = FileId::parse_any(name) else {
+    let in_force = date_of(location).and_then(|d| restated.for_date(d).map(|r| (d, r)));
+    if let Some((date, _)) = in_force
+        && restated.is_file_of(date, location.as_ref())
+    {
+        return true;
+    }
+    let Some(id) = FileId::parse(name) else {
         return false;
     };
     let Some(through) = committed.get(&id.topic, id.partition) else {
@@ -286,16 +309,11 @@ fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Path) -
     if id.last > through {
         return false;
     }
-    match (
-        date_of(location).and_then(|d| restated.for_date(d)),
-        generation,
-    ) {
-        (None, None) => true,
-        (None, Some(_)) => false,
-        (Some((_, cut)), None) => cut
+    match in_force {
+        None => true,
+        Some((_, (_, cut))) => cut
             .get(&(id.topic.clone(), id.partition))
             .is_none_or(|&c| id.first > c),
-        (Some((g, _)), Some(f)) => g == f,
     }
 }
 

@@ -4,6 +4,11 @@
 //! by a manifest (`_restatements/{generation:06}.json`) that is also the audit record: who,
 //! when, which book (path and hash), the cut, old and new totals per tenant and currency.
 //!
+//! Compaction ([`compact`]) is a restatement that keeps every row and cost: each date's files
+//! (one per partition and batch) become one raw-event file and one rollup file, ordered by tenant
+//! and time, so readers open a few large files instead of many small ones. Same protocol, same
+//! guarantees; its manifest's old and new totals are equal.
+//!
 //! - **Atomic:** files are written (temp, fsync, rename) before the manifest; readers show a
 //!   generation's files only once its manifest exists. An intent record written first lets the
 //!   next run delete the files of a run that crashed, whose generation number is never reused.
@@ -16,7 +21,9 @@
 //! Not here: reading with restatements applied (see [`crate::lake_store::Restated`]).
 
 use crate::catalog::{View, open_view};
-use crate::lake_store::{CommittedOffsets, read_records, read_restatements};
+use crate::lake_store::{
+    CommittedOffsets, Restated as RestatedView, read_records, read_restatements, visible,
+};
 use crate::periods::{cut_entries, read_closes, touches_closed, write_atomic};
 use crate::sqlq::read_only_options;
 use crate::{Error, Result};
@@ -28,6 +35,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use datafusion::common::ScalarValue;
+use datafusion::object_store::path::Path as ObjectPath;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tokenmeter_aggregate::PriceBook;
@@ -35,7 +43,8 @@ use tokenmeter_aggregate::prices::{Money, format_money};
 use tokenmeter_aggregate::record::rollup_batch;
 use tokenmeter_aggregate::rollup::{RollupKey, RollupValue, by_tenant, hour_of};
 use tokenmeter_schemas::layout::{
-    EVENTS_DIR, FileId, RESTATEMENTS_DIR, ROLLUPS_DIR, RestatedTotal, Restatement, date_dir,
+    EVENTS_DIR, FileId, RESTATEMENTS_DIR, ROLLUPS_DIR, RestatedTotal, Restatement, RestatementKind,
+    compacted_name, date_dir,
 };
 use tokenmeter_schemas::tables::{COST_PRECISION, COST_SCALE, EVENTS_SCHEMA};
 
@@ -46,6 +55,40 @@ pub enum Repriced {
     NoChange { events: i64 },
     /// A restatement was published.
     Restated(Restatement),
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compacted {
+    /// Every date of the range already has at most one file per table: nothing written.
+    NoChange { events: i64 },
+    /// A compaction was published.
+    Compacted {
+        manifest: Restatement,
+        /// Per compacted date: visible files before (events + rollups), their bytes, and the
+        /// bytes of the two files that replace them.
+        dates: Vec<CompactedDate>,
+    },
+}
+
+/// One date of a compaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactedDate {
+    pub date: NaiveDate,
+    pub events: i64,
+    pub files_before: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// How a restatement rewrites its dates.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    Reprice {
+        book: &'a PriceBook,
+        prices_path: &'a str,
+    },
+    Compact,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -110,9 +153,10 @@ fn clean_dead_intents(root: &Path) -> Result<u32> {
     Ok(max)
 }
 
-/// One (topic, partition) run of a date's events, repriced.
+/// One file pair of a restatement: a (topic, partition) run of a date's events, repriced, or a
+/// whole date, compacted.
 struct Restated {
-    id: FileId,
+    name: String,
     events: RecordBatch,
     rollups: RecordBatch,
 }
@@ -126,6 +170,73 @@ struct Totals {
 
 fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a ArrayRef {
     b.column(EVENTS_SCHEMA.index_of(name).expect("events column"))
+}
+
+/// The rollups of a date's events as they are priced (compaction), with their totals.
+fn fold_as_priced(
+    b: &RecordBatch,
+    totals: &mut BTreeMap<(String, Option<String>), Totals>,
+) -> Result<RecordBatch> {
+    let s = |name: &str| col(b, name).as_string::<i32>();
+    let (tenant, provider, model, status) =
+        (s("tenant_id"), s("provider"), s("model"), s("status"));
+    let (agent, currency) = (s("agent_id"), s("currency"));
+    let time = col(b, "event_time").as_primitive::<TimestampMicrosecondType>();
+    let i64s = |name: &str| col(b, name).as_primitive::<Int64Type>();
+    let dec =
+        |name: &str| col(b, name).as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
+    let buckets = tokenmeter_schemas::tables::BUCKETS;
+    let tokens: Vec<_> = buckets
+        .iter()
+        .map(|x| i64s(&format!("tokens_{x}")))
+        .collect();
+    let costs: Vec<_> = buckets.iter().map(|x| dec(&format!("cost_{x}"))).collect();
+    let reported: Vec<_> = [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "reasoning_output_tokens",
+    ]
+    .iter()
+    .map(|x| i64s(x))
+    .collect();
+    let cost = dec("cost");
+    let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+    for r in 0..b.num_rows() {
+        let cur = (!currency.is_null(r)).then(|| currency.value(r).to_string());
+        let t = totals
+            .entry((tenant.value(r).to_string(), cur.clone()))
+            .or_default();
+        t.events += 1;
+        if !cost.is_null(r) {
+            *t.old.get_or_insert(0) += cost.value(r);
+            *t.new.get_or_insert(0) += cost.value(r);
+        }
+        let key = RollupKey {
+            hour_micros: hour_of(time.value(r)),
+            tenant_id: tenant.value(r).to_string(),
+            provider: provider.value(r).to_string(),
+            model: model.value(r).to_string(),
+            agent_id: (!agent.is_null(r)).then(|| agent.value(r).to_string()),
+            currency: cur,
+        };
+        let v = RollupValue {
+            requests: 1,
+            errors: i64::from(status.value(r) == "error"),
+            reported: std::array::from_fn(|i| reported[i].value(r)),
+            tokens: std::array::from_fn(|i| tokens[i].value(r)),
+            costs: std::array::from_fn(|i| {
+                if costs[i].is_null(r) {
+                    0
+                } else {
+                    costs[i].value(r)
+                }
+            }),
+        };
+        rollups.entry(key).or_default().merge(&v);
+    }
+    Ok(rollup_batch(&by_tenant(&rollups))?)
 }
 
 /// Reprice one run of events (same topic and partition) with `book`.
@@ -256,12 +367,77 @@ pub async fn reprice(
     by: &str,
     now: DateTime<Utc>,
 ) -> Result<Repriced> {
+    let mode = Mode::Reprice { book, prices_path };
+    Ok(match restate(root, mode, from, to, by, now).await? {
+        (None, events, _) => Repriced::NoChange { events },
+        (Some(m), _, _) => Repriced::Restated(m),
+    })
+}
+
+/// Compact the UTC dates `[from, to)` of the lake at `root`, as `by`, at `now`: each date with
+/// more than one visible file per table gets one raw-event file and one rollup file holding the
+/// same rows and costs, ordered by tenant and time.
+pub async fn compact(
+    root: &Path,
+    from: NaiveDate,
+    to: NaiveDate,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Compacted> {
+    Ok(
+        match restate(root, Mode::Compact, from, to, by, now).await? {
+            (None, events, _) => Compacted::NoChange { events },
+            (Some(manifest), _, dates) => Compacted::Compacted { manifest, dates },
+        },
+    )
+}
+
+/// The visible data files of `date` in both tables at the cut (`committed`, `restated`), with
+/// their sizes.
+fn visible_files(
+    root: &Path,
+    committed: &CommittedOffsets,
+    restated: &RestatedView,
+    date: NaiveDate,
+) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for table in [EVENTS_DIR, ROLLUPS_DIR] {
+        let dir = date_dir(table, date);
+        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        for e in entries {
+            let e = e.map_err(state_err(&root.join(&dir)))?;
+            let rel = format!("{dir}/{}", e.file_name().to_string_lossy());
+            if visible(committed, restated, &ObjectPath::from(rel.as_str())) {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((rel, len));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Publish a restatement of `[from, to)` in `mode`: the manifest (`None` when nothing changes),
+/// the events read, and per compacted date its figures.
+async fn restate(
+    root: &Path,
+    mode: Mode<'_>,
+    from: NaiveDate,
+    to: NaiveDate,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(Option<Restatement>, i64, Vec<CompactedDate>)> {
+    let verb = match mode {
+        Mode::Reprice { .. } => "Reprice",
+        Mode::Compact => "Compact",
+    };
     if from >= to {
         return Err(Error::EmptyRange { from, to });
     }
     if let Some(m) = touches_closed(&read_closes(root)?, from, to)? {
         return Err(Error::Period(format!(
-            "{from}..{to} touches {m}, which is closed: its invoices are frozen. Reprice only open months; corrections of a closed month belong on the next invoice"
+            "{from}..{to} touches {m}, which is closed: its invoices are frozen. {verb} only open months; corrections of a closed month belong on the next invoice"
         )));
     }
     let generation = clean_dead_intents(root)? + 1;
@@ -283,20 +459,57 @@ pub async fn reprice(
         },
     )
     .await?;
+    let (in_force, _) = RestatedView::read(root, None, Some(&cut))?;
     let select: Vec<String> = EVENTS_SCHEMA
         .fields()
         .iter()
         .map(|f| format!("\"{}\"", f.name()))
         .collect();
+    let order = match mode {
+        Mode::Reprice { .. } => "kafka_topic, kafka_partition, kafka_offset",
+        Mode::Compact => "tenant_id, event_time, kafka_topic, kafka_partition, kafka_offset",
+    };
     let sql = format!(
-        "SELECT {} FROM usage_events WHERE date = $d ORDER BY kafka_topic, kafka_partition, kafka_offset",
+        "SELECT {} FROM usage_events WHERE date = $d ORDER BY {order}",
         select.join(", ")
     );
     let mut totals: BTreeMap<(String, Option<String>), Totals> = BTreeMap::new();
     let mut changed = false;
     let mut out: Vec<(NaiveDate, Restated)> = Vec::new();
+    let mut compacted: Vec<CompactedDate> = Vec::new();
     let mut events_total = 0i64;
     for d in dates(from, to) {
+        let before = match mode {
+            Mode::Compact => {
+                let files = visible_files(root, &cut, &in_force, d)?;
+                let events_files = files
+                    .iter()
+                    .filter(|(rel, _)| rel.starts_with(EVENTS_DIR))
+                    .count();
+                if events_files <= 1 && files.len() - events_files <= 1 {
+                    // Nothing to gain; its events still count in the figures.
+                    let n = ctx
+                        .sql_with_options(
+                            "SELECT count(*) FROM usage_events WHERE date = $d",
+                            read_only_options(),
+                        )
+                        .await?
+                        .with_param_values(vec![(
+                            "d",
+                            ScalarValue::Date32(Some(d.to_epoch_days())),
+                        )])?
+                        .collect()
+                        .await?;
+                    events_total += n
+                        .first()
+                        .map(|b| b.column(0).as_primitive::<Int64Type>().value(0))
+                        .unwrap_or(0);
+                    continue;
+                }
+                Some(files)
+            }
+            Mode::Reprice { .. } => None,
+        };
         let batches = ctx
             .sql_with_options(&sql, read_only_options())
             .await?
@@ -315,6 +528,33 @@ pub async fn reprice(
         }
         let all = concat_batches(&EVENTS_SCHEMA, &fixed)?;
         events_total += all.num_rows() as i64;
+        if all.num_rows() == 0 {
+            continue;
+        }
+        let book = match mode {
+            Mode::Compact => {
+                let rollups = fold_as_priced(&all, &mut totals)?;
+                let files = before.unwrap_or_default();
+                compacted.push(CompactedDate {
+                    date: d,
+                    events: all.num_rows() as i64,
+                    files_before: files.len(),
+                    bytes_before: files.iter().map(|(_, n)| n).sum(),
+                    bytes_after: 0,
+                });
+                changed = true;
+                out.push((
+                    d,
+                    Restated {
+                        name: compacted_name(generation),
+                        events: all,
+                        rollups,
+                    },
+                ));
+                continue;
+            }
+            Mode::Reprice { book, .. } => book,
+        };
         let topic = col(&all, "kafka_topic").as_string::<i32>().clone();
         let part: Int32Array = col(&all, "kafka_partition")
             .as_primitive::<Int32Type>()
@@ -333,15 +573,16 @@ pub async fn reprice(
             }
             let run = all.slice(start, end - start);
             let (events, rollups) = reprice_run(book, &run, &mut totals, &mut changed)?;
+            let id = FileId {
+                topic: topic.value(start).to_string(),
+                partition: part.value(start),
+                first: off.value(start),
+                last: off.value(end - 1),
+            };
             out.push((
                 d,
                 Restated {
-                    id: FileId {
-                        topic: topic.value(start).to_string(),
-                        partition: part.value(start),
-                        first: off.value(start),
-                        last: off.value(end - 1),
-                    },
+                    name: id.restated_name(generation),
                     events,
                     rollups,
                 },
@@ -351,27 +592,37 @@ pub async fn reprice(
     }
     if !changed {
         std::fs::remove_file(rdir.join(&intent_name)).map_err(state_err(&rdir))?;
-        return Ok(Repriced::NoChange {
-            events: events_total,
-        });
+        return Ok((None, events_total, Vec::new()));
     }
     let mut files = Vec::new();
     for (d, r) in &out {
         for (table, batch) in [(EVENTS_DIR, &r.events), (ROLLUPS_DIR, &r.rollups)] {
-            let rel = format!("{}/{}", date_dir(table, *d), r.id.restated_name(generation));
+            let rel = format!("{}/{}", date_dir(table, *d), r.name);
             let path = root.join(&rel);
             std::fs::create_dir_all(path.parent().expect("parent")).map_err(state_err(&path))?;
             tokenmeter_aggregate::lake::write_file_atomic(&path, batch)?;
+            if let Some(c) = compacted.iter_mut().find(|c| c.date == *d) {
+                c.bytes_after += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            }
             files.push(rel);
         }
     }
+    let (kind, prices_path, prices_hash) = match mode {
+        Mode::Reprice { book, prices_path } => (
+            RestatementKind::Reprice,
+            prices_path.to_string(),
+            book.hash.clone(),
+        ),
+        Mode::Compact => (RestatementKind::Compaction, String::new(), String::new()),
+    };
     let manifest = Restatement {
         version: 1,
+        kind,
         generation,
         created_at: now,
         created_by: by.to_string(),
-        prices_path: prices_path.to_string(),
-        prices_hash: book.hash.clone(),
+        prices_path,
+        prices_hash,
         from,
         to,
         cut: cut_entries(&cut),
@@ -390,7 +641,7 @@ pub async fn reprice(
     let text = serde_json::to_vec_pretty(&manifest).expect("serializable");
     write_atomic(&rdir, &format!("{generation:06}.json"), &text)?;
     std::fs::remove_file(rdir.join(&intent_name)).map_err(state_err(&rdir))?;
-    Ok(Repriced::Restated(manifest))
+    Ok((Some(manifest), events_total, compacted))
 }
 
 /// The audit records of every restatement, oldest first.

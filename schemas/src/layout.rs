@@ -122,14 +122,36 @@ pub struct RestatedTotal {
     pub new_cost: Option<String>,
 }
 
+/// The name of a compaction's file of one date (all partitions): `compacted.r{generation:06}.parquet`.
+pub fn compacted_name(generation: u32) -> String {
+    format!("compacted.r{generation:06}.parquet")
+}
+
+/// What a restatement does to its dates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestatementKind {
+    /// The costs recomputed with a price book; one file per (topic, partition) and date.
+    #[default]
+    Reprice,
+    /// The same rows and costs in one file per date (all partitions), ordered by tenant and
+    /// time: fewer, larger files for readers. `prices_path` and `prices_hash` are empty, and
+    /// every total's old and new cost are equal.
+    Compaction,
+}
+
 /// A committed restatement (`_restatements/{generation:06}.json`): the raw events of the UTC
-/// dates `[from, to)` repriced, with their rollups, as files named `*.r{generation:06}.parquet`
-/// next to the originals. For those dates readers show this generation's files in place of every
-/// original file at or below `cut` (files after the cut, committed later, stay visible).
+/// dates `[from, to)` repriced or compacted, with their rollups, as the files listed in `files`
+/// (named `*.r{generation:06}.parquet`), next to the originals. For the dates it has files for
+/// (a compaction skips dates with nothing to compact), readers show this generation's files in
+/// place of every file at or below `cut` (original files after the cut, committed later, stay
+/// visible).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Restatement {
     pub version: u32,
+    #[serde(default)]
+    pub kind: RestatementKind,
     pub generation: u32,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub created_by: String,

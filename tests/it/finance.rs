@@ -833,3 +833,169 @@ fn prices_show_explains_the_price() {
         "{err}"
     );
 }
+
+/// Every row of the raw events and every sum of the hourly rollups, as text.
+async fn dump(dir: &Path) -> (String, String) {
+    let ctx = open_view(dir, View::default()).await.unwrap();
+    let text = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move {
+            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            datafusion::arrow::util::pretty::pretty_format_batches(&b)
+                .unwrap()
+                .to_string()
+        }
+    };
+    (
+        text("SELECT * FROM usage_events ORDER BY kafka_partition, kafka_offset").await,
+        text("SELECT * FROM usage_hourly ORDER BY tenant_id, hour, provider, model, agent_id, currency").await,
+    )
+}
+
+/// Panic with the first differing line of two dumps (whole dumps are too long to read).
+fn assert_same(got: &(String, String), want: &(String, String), what: &str) {
+    for (table, g, w) in [("raw", &got.0, &want.0), ("hourly", &got.1, &want.1)] {
+        if let Some((i, (a, b))) = g
+            .lines()
+            .zip(w.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+        {
+            panic!("{what}: {table} line {i} differs:\n got {a}\nwant {b}");
+        }
+        assert_eq!(g.lines().count(), w.lines().count(), "{what}: {table} rows");
+    }
+}
+
+/// Compaction keeps every row and every figure in one file per date and table: a lake
+/// compacted between two commits reads exactly as a lake given the same events and never
+/// compacted; a second compaction takes in what came after the first, a third has nothing to
+/// do; repricing a compacted lake gives what repricing the other gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_every_row_and_figure_in_fewer_files() {
+    use tokenmeter_query::reprice::{Compacted, Repriced, compact, reprice};
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let text = golden_book();
+    let book = PriceBook::parse(&text, "golden").unwrap();
+    let msgs: Vec<_> = Generator::new(GenConfig {
+        events: 6_000,
+        tenants: 3,
+        seed: 5,
+        invalid_fraction: 0.0,
+        days: 3,
+        ..Default::default()
+    })
+    .collect();
+    let payloads: Vec<&Vec<u8>> = msgs.iter().map(|m| &m.payload).collect();
+    let (from, to) = ("2026-10-01".parse().unwrap(), "2026-11-01".parse().unwrap());
+    let now = chrono::Utc::now();
+    // Batches of 500 events: about four per date, each a raw-event and a rollup file.
+    let commit_500 = |lake: &Lake, msgs: &[&Vec<u8>], first: i64| {
+        for (k, chunk) in msgs.chunks(500).enumerate() {
+            commit(lake, &book, chunk, first + 500 * k as i64);
+        }
+    };
+    // b: every event, never compacted.
+    commit_500(
+        &Lake::open(&b, LakeOptions::default()).unwrap(),
+        &payloads,
+        0,
+    );
+    // a: the first two dates' events, compacted, then the rest.
+    let lake_a = Lake::open(&a, LakeOptions::default()).unwrap();
+    commit_500(&lake_a, &payloads[..4_000], 0);
+    let before = dump(&a).await;
+    let Compacted::Compacted { manifest, dates } = compact(&a, from, to, "t", now).await.unwrap()
+    else {
+        panic!("a lake of two batches per date has something to compact")
+    };
+    assert_eq!(
+        manifest.kind,
+        tokenmeter_schemas::layout::RestatementKind::Compaction
+    );
+    assert!(manifest.totals.iter().all(|t| t.old_cost == t.new_cost));
+    assert!(!dates.is_empty());
+    assert!(dates.iter().all(|d| d.files_before >= 8), "{dates:?}");
+    // Each compacted date holds all of its events (counted here from the messages).
+    let mut per_date: BTreeMap<chrono::NaiveDate, i64> = BTreeMap::new();
+    for p in &payloads[..4_000] {
+        let e = decode_event(p, &DecodeOptions::default()).unwrap();
+        *per_date.entry(e.time_utc().date_naive()).or_default() += 1;
+    }
+    for d in &dates {
+        assert_eq!(d.events, per_date[&d.date], "{d:?}");
+    }
+    assert!(dates.len() >= 2, "{dates:?}");
+    assert_same(
+        &dump(&a).await,
+        &before,
+        "compaction changed what readers see",
+    );
+    // The compacted file of a date holds its rows ordered by tenant.
+    let d = dates[0].date;
+    let f = a.join(format!("events/date={d}/compacted.r000001.parquet"));
+    let tenants: Vec<String> = crate::support::read_parquet_files(&[f])
+        .iter()
+        .flat_map(|batch| {
+            use datafusion::arrow::array::{Array, AsArray};
+            let c = batch.column(batch.schema().index_of("tenant_id").unwrap());
+            let c = c.as_string::<i32>();
+            (0..c.len())
+                .map(|i| c.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(tenants.len() as i64, dates[0].events);
+    assert!(tenants.windows(2).all(|w| w[0] <= w[1]));
+
+    // Batches committed after the compaction are visible beside it.
+    commit_500(&lake_a, &payloads[4_000..], 4_000);
+    let want = dump(&b).await;
+    assert_same(
+        &dump(&a).await,
+        &want,
+        "a compacted lake reads as one never compacted",
+    );
+    // Again, through the command: it takes in the new batch; a third time finds nothing.
+    let out = ok(&[
+        "compact",
+        "--data-dir",
+        a.to_str().unwrap(),
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-11-01",
+    ]);
+    assert!(
+        out.contains("compaction 2 of 2026-10-01..2026-11-01"),
+        "{out}"
+    );
+    assert_eq!(dump(&a).await, want);
+    assert!(matches!(
+        compact(&a, from, to, "t", now).await.unwrap(),
+        Compacted::NoChange { events: 6_000 }
+    ));
+
+    // Repricing composes with it.
+    let cheaper = PriceBook::parse(
+        &text.replace(
+            "input = \"0.40\"\ncache_read = \"0.10\"",
+            "input = \"0.41\"\ncache_read = \"0.10\"",
+        ),
+        "c",
+    )
+    .unwrap();
+    for lake in [&a, &b] {
+        let r = reprice(lake, &cheaper, "c", from, to, "t", now)
+            .await
+            .unwrap();
+        assert!(matches!(r, Repriced::Restated(_)), "{r:?}");
+    }
+    assert_same(
+        &dump(&a).await,
+        &dump(&b).await,
+        "repriced after compaction",
+    );
+    assert_ne!(dump(&b).await, want, "the reprice changed costs");
+}
