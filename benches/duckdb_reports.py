@@ -3,6 +3,7 @@
 
 Reads a JSON spec on stdin:
   {"lake": DIR, "threads": N, "runs": R,
+   "files": {"usage_events": [PATH, ...], "usage_hourly_parts": [PATH, ...]},
    "queries": [{"name": ..., "sql": ..., "params": {"from_ts": RFC3339, "to_ts": ...,
                 "from_date": YYYY-MM-DD, "last_date": ..., "tenant": null | id},
                 "tokens": COLUMN, "cost": COLUMN}]}
@@ -10,9 +11,9 @@ and prints on stdout {"duckdb": VERSION, "threads": N, "results": {name: {"secon
 hot runs, "rows": n, "tokens": "sum", "cost": "sum"}}}.
 
 The SQL is tokenmeter's own report SQL, as DataFusion runs it. Over the lake DuckDB gets the two
-tables the reports read, as views of the committed Parquet files (`usage_events` from
-events/date=*/, `usage_hourly_parts` from rollups/hourly/date=*/, the `date` column from the
-path as DataFusion's catalog gives it). Two DataFusion-only spellings are rewritten to DuckDB's,
+tables the reports read, as views of the Parquet files tokenmeter's catalog shows (`files`: the
+committed files, with a compaction's files in place of those it replaced), the `date` column
+from the path as DataFusion's catalog gives it. Two DataFusion-only spellings are rewritten to DuckDB's,
 and the script fails if a DataFusion-only function is left after the rewrite: the local period
 of a timestamp
 (`to_local_time(arrow_cast(ts, 'Timestamp(Microsecond, Some("TZ"))'))` becomes
@@ -25,7 +26,6 @@ Each query runs once to warm up, then R times; each run materialises the whole r
 """
 import datetime
 import json
-import os
 import re
 import statistics
 import sys
@@ -37,17 +37,6 @@ LOCAL_TIME = re.compile(
     r"to_local_time\(\s*arrow_cast\(\s*ts\s*,\s*'Timestamp\(Microsecond, Some\(\"([A-Za-z0-9/_+-]+)\"\)\)'\s*\)\s*\)"
 )
 WIDE_DECIMAL = re.compile(r"DECIMAL\(76,\s*(\d+)\)")
-
-
-def committed_files(lake, sub):
-    """The lake's Parquet files under `sub`, without restated (`*.rNNNNNN.parquet`) files."""
-    root = os.path.join(lake, sub)
-    files = []
-    for d, _, names in os.walk(root):
-        for n in names:
-            if n.endswith(".parquet") and not re.search(r"\.r\d{6}\.parquet$", n):
-                files.append(os.path.join(d, n))
-    return sorted(files)
 
 
 def duckdb_sql(sql):
@@ -72,10 +61,10 @@ def main():
     spec = json.load(sys.stdin)
     con = duckdb.connect()
     con.execute(f"SET threads = {int(spec['threads'])}")
-    for view, sub in (("usage_events", "events"), ("usage_hourly_parts", "rollups/hourly")):
-        files = committed_files(spec["lake"], sub)
+    for view in ("usage_events", "usage_hourly_parts"):
+        files = spec["files"][view]
         if not files:
-            sys.exit(f"duckdb_reports.py: no Parquet files under {spec['lake']}/{sub}")
+            sys.exit(f"duckdb_reports.py: no Parquet files of {view} in {spec['lake']}")
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         con.execute(
             f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listing}], "

@@ -339,6 +339,21 @@ fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
     Ok(out)
 }
 
+/// The JSON of one set of report figures.
+fn report_json(rows: &[ReportRow]) -> Vec<Value> {
+    rows.iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "rows": r.rows,
+                "datafusion_s": r.datafusion,
+                "duckdb_s": r.duckdb,
+                "datafusion_to_duckdb": r.datafusion / r.duckdb.max(1e-9),
+            })
+        })
+        .collect()
+}
+
 /// One report's figures on both engines.
 struct ReportRow {
     name: &'static str,
@@ -373,8 +388,18 @@ async fn compare_reports(
     }
 
     progress("reports on DuckDB (benches/duckdb_reports.py)");
+    let files = |dir| -> Result<Vec<PathBuf>> {
+        Ok(tokenmeter_query::lake_store::visible_files(lake, dir)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    };
     let spec = json!({
         "lake": lake,
+        "files": {
+            "usage_events": files(tokenmeter_schemas::layout::EVENTS_DIR)?,
+            "usage_hourly_parts": files(tokenmeter_schemas::layout::ROLLUPS_DIR)?,
+        },
         "threads": threads,
         "runs": REPORT_RUNS,
         "queries": qs.iter().map(|q| -> Result<Value> {
@@ -604,6 +629,36 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
     let qs = queries(&cfg, &busiest)?;
     let (reports, threads, duckdb) = compare_reports(&agg_dir, work, &a.python, &qs).await?;
 
+    // (8) The aggregator's lake compacted (`tokenmeter compact`): its files and bytes, and the
+    // reports again on the compacted lake.
+    let lake_files = |table| -> Result<(usize, u64)> {
+        let f = tokenmeter_query::lake_store::visible_files(&agg_dir, table)?;
+        Ok((f.len(), f.iter().map(|(_, n)| n).sum()))
+    };
+    let (ev_dir, ru_dir) = (
+        tokenmeter_schemas::layout::EVENTS_DIR,
+        tokenmeter_schemas::layout::ROLLUPS_DIR,
+    );
+    let before = (lake_files(ev_dir)?, lake_files(ru_dir)?);
+    progress("compaction of the aggregator's lake (tokenmeter compact)");
+    let first_date = cfg.start.date_naive();
+    let t = Instant::now();
+    tokenmeter_query::reprice::compact(
+        &agg_dir,
+        first_date,
+        first_date + chrono::Days::new(cfg.days as u64 + 1),
+        "tokenmeter bench",
+        chrono::Utc::now(),
+    )
+    .await?;
+    let compact_time = t.elapsed();
+    let compact_lake = lake_events(&agg_dir).await?;
+    if compact_lake != events {
+        bail!("the compacted lake shows {compact_lake} events of {events}");
+    }
+    let after = (lake_files(ev_dir)?, lake_files(ru_dir)?);
+    let (reports_compacted, _, _) = compare_reports(&agg_dir, work, &a.python, &qs).await?;
+
     let n = events as f64;
     let raw_eps = per_s(raw_count as f64, raw_time);
     let agg_eps = per_s(n, agg_time);
@@ -670,13 +725,22 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             "runs": REPORT_RUNS,
             "duckdb": duckdb,
             "tenant_month": {"tenant": busiest, "events": per_tenant[&busiest]},
-            "queries": reports.iter().map(|r| json!({
-                "name": r.name,
-                "rows": r.rows,
-                "datafusion_s": r.datafusion,
-                "duckdb_s": r.duckdb,
-                "datafusion_to_duckdb": r.datafusion / r.duckdb.max(1e-9),
-            })).collect::<Vec<_>>(),
+            "queries": report_json(&reports),
+            "compacted_queries": report_json(&reports_compacted),
+        },
+        "compaction": {
+            "seconds": compact_time.as_secs_f64(),
+            "events_per_s": per_s(n, compact_time),
+            "before": {
+                "events_files": before.0.0, "events_bytes": before.0.1,
+                "rollup_files": before.1.0, "rollup_bytes": before.1.1,
+            },
+            "after": {
+                "events_files": after.0.0, "events_bytes": after.0.1,
+                "rollup_files": after.1.0, "rollup_bytes": after.1.1,
+            },
+            "events_parquet_to_json": after.0.1 as f64 / json_bytes as f64,
+            "all_parquet_to_json": (after.0.1 + after.1.1) as f64 / json_bytes as f64,
         },
     });
 
@@ -733,21 +797,46 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
             (ev_bytes + ru_bytes) as f64 / json_bytes as f64
         ),
     ));
+    let ratio = |(files, bytes): (usize, u64)| (files, bytes as f64 / json_bytes as f64);
+    let (eb, rb, ea, ra) = (
+        ratio(before.0),
+        ratio(before.1),
+        ratio(after.0),
+        ratio(after.1),
+    );
     rows.push((
-        format!("reports ({threads} threads)"),
-        format!("DataFusion vs DuckDB {duckdb}, median of {REPORT_RUNS} hot runs"),
+        "compaction, aggregator lake".into(),
+        format!(
+            "{:.0} events/s; files {} -> {}; Parquet / JSON {:.3} -> {:.3} events, {:.3} -> {:.3} with rollups",
+            per_s(n, compact_time),
+            eb.0 + rb.0,
+            ea.0 + ra.0,
+            eb.1,
+            ea.1,
+            eb.1 + rb.1,
+            ea.1 + ra.1
+        ),
     ));
-    for r in &reports {
+    for (title, rs) in [
+        ("reports", &reports),
+        ("reports, compacted lake", &reports_compacted),
+    ] {
         rows.push((
-            format!("  {}", r.name),
-            format!(
-                "{:.3}s vs {:.3}s = {:.2} x ({} rows)",
-                r.datafusion,
-                r.duckdb,
-                r.datafusion / r.duckdb.max(1e-9),
-                r.rows
-            ),
+            format!("{title} ({threads} threads)"),
+            format!("DataFusion vs DuckDB {duckdb}, median of {REPORT_RUNS} hot runs"),
         ));
+        for r in rs.iter() {
+            rows.push((
+                format!("  {}", r.name),
+                format!(
+                    "{:.3}s vs {:.3}s = {:.2} x ({} rows)",
+                    r.datafusion,
+                    r.duckdb,
+                    r.datafusion / r.duckdb.max(1e-9),
+                    r.rows
+                ),
+            ));
+        }
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut table = format!(

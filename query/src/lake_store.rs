@@ -317,6 +317,51 @@ pub fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Pat
     }
 }
 
+/// The data files under `root/dir` (`events` or `rollups/hourly`) that a catalog opened now
+/// shows, with their sizes, sorted: for tools that read the lake's Parquet files themselves.
+pub fn visible_files(root: &std::path::Path, dir: &str) -> Result<Vec<(std::path::PathBuf, u64)>> {
+    let committed = CommittedOffsets::read(root)?;
+    let (restated, _) = Restated::read(root, None, Some(&committed))?;
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(dir)];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::LakeState {
+                    path: d,
+                    message: format!("cannot list it: {e}"),
+                });
+            }
+        };
+        for e in entries {
+            let e = e.map_err(|e| Error::LakeState {
+                path: d.clone(),
+                message: format!("cannot list it: {e}"),
+            })?;
+            let path = e.path();
+            let meta = e.metadata().map_err(|e| Error::LakeState {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy();
+            if visible(&committed, &restated, &Path::from(rel.as_ref())) {
+                out.push((path.clone(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// A read-only object store that shows only committed data files of `inner`.
 #[derive(Debug)]
 pub struct CommittedStore {

@@ -421,6 +421,24 @@ fn bench_quick_writes_every_section() {
     for stage in ["decode", "validate", "dedupe", "price", "fold", "encode"] {
         positive(&format!("/pipeline/stages/{stage}/share"));
     }
+    // The compacted lake: every date of the generated month had files of several partitions,
+    // so compaction left two per date (raw events and rollups), and each report gave the same
+    // rows on it (the tokens and costs are checked against DuckDB's by the bench itself).
+    let compacted = doc["reports"]["compacted_queries"]
+        .as_array()
+        .expect("compacted report queries");
+    assert_eq!(compacted.len(), queries.len());
+    for (q, c) in queries.iter().zip(compacted) {
+        assert_eq!((&q["name"], &q["rows"]), (&c["name"], &c["rows"]));
+    }
+    let c = &doc["compaction"];
+    let days = tokenmeter_ingest::generate::GenConfig::default().days as u64;
+    assert!(c["before"]["events_files"].as_u64().unwrap() > days, "{c}");
+    for table in ["events_files", "rollup_files"] {
+        assert_eq!(c["after"][table].as_u64(), Some(days), "{table}: {c}");
+    }
+    positive("/compaction/events_per_s");
+    positive("/compaction/events_parquet_to_json");
 }
 
 /// The `--brokers` path of the bench: it creates its topic on the real broker (tansu), and every
