@@ -148,26 +148,33 @@ pub async fn run_adjustments(a: AdjustmentsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The lake, UTC dates and author of a restatement (reprice, compact).
 #[derive(Args)]
-pub struct RepriceArgs {
+pub struct RestateArgs {
     #[arg(long, env = "TOKENMETER_DATA_DIR")]
     data_dir: PathBuf,
-    #[arg(long, env = "TOKENMETER_PRICES")]
-    prices: PathBuf,
     /// First UTC date, inclusive (YYYY-MM-DD).
     #[arg(long)]
     from: NaiveDate,
     /// Last UTC date, exclusive.
     #[arg(long)]
     to: NaiveDate,
-    /// Who reprices, for the audit record (default: $USER).
+    /// Who restates, for the audit record (default: $USER).
     #[arg(long)]
     by: Option<String>,
 }
 
-pub async fn run_reprice(a: RepriceArgs) -> Result<()> {
-    let book = load_book(&a.prices)?;
-    let path = a.prices.display().to_string();
+#[derive(Args)]
+pub struct RepriceArgs {
+    #[command(flatten)]
+    range: RestateArgs,
+    #[arg(long, env = "TOKENMETER_PRICES")]
+    prices: PathBuf,
+}
+
+pub async fn run_reprice(r: RepriceArgs) -> Result<()> {
+    let (a, book) = (r.range, load_book(&r.prices)?);
+    let path = r.prices.display().to_string();
     eprintln!("repricing {}..{} (UTC dates) with {path} …", a.from, a.to);
     match reprice::reprice(
         &a.data_dir,
@@ -222,23 +229,16 @@ fn print_totals(r: &tokenmeter_schemas::layout::Restatement) {
     }
 }
 
+/// Compact dates once they are quiet (yesterday and before): batches committed after a
+/// compaction stay visible beside it, as small files again.
 #[derive(Args)]
 pub struct CompactArgs {
-    #[arg(long, env = "TOKENMETER_DATA_DIR")]
-    data_dir: PathBuf,
-    /// First UTC date, inclusive (YYYY-MM-DD).
-    #[arg(long)]
-    from: NaiveDate,
-    /// Last UTC date, exclusive. Compact dates once they are quiet (yesterday and before):
-    /// batches committed after a compaction stay visible beside it, as small files again.
-    #[arg(long)]
-    to: NaiveDate,
-    /// Who compacts, for the audit record (default: $USER).
-    #[arg(long)]
-    by: Option<String>,
+    #[command(flatten)]
+    range: RestateArgs,
 }
 
-pub async fn run_compact(a: CompactArgs) -> Result<()> {
+pub async fn run_compact(c: CompactArgs) -> Result<()> {
+    let a = c.range;
     eprintln!("compacting {}..{} (UTC dates) …", a.from, a.to);
     match reprice::compact(&a.data_dir, a.from, a.to, &who(&a.by), Utc::now()).await? {
         Compacted::NoChange { events } => println!(

@@ -29,11 +29,14 @@ use crate::sqlq::read_only_options;
 use crate::{Error, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Builder, Int32Array, Int64Array, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, Decimal128Array, Decimal128Builder, Int32Array, Int64Array,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{
+    Decimal128Type, Int32Type, Int64Type, TimestampMicrosecondType,
+};
 use datafusion::common::ScalarValue;
 use datafusion::object_store::path::Path as ObjectPath;
 use std::collections::BTreeMap;
@@ -172,68 +175,117 @@ fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a ArrayRef {
     b.column(EVENTS_SCHEMA.index_of(name).expect("events column"))
 }
 
+/// The columns of a batch of raw events that the rollup fold reads.
+struct EventColumns<'a> {
+    tenant: &'a StringArray,
+    provider: &'a StringArray,
+    model: &'a StringArray,
+    status: &'a StringArray,
+    agent: &'a StringArray,
+    currency: &'a StringArray,
+    time: &'a TimestampMicrosecondArray,
+    tokens: Vec<&'a Int64Array>,
+    reported: Vec<&'a Int64Array>,
+    cost: &'a Decimal128Array,
+}
+
+impl<'a> EventColumns<'a> {
+    fn new(b: &'a RecordBatch) -> Self {
+        let s = |name: &str| col(b, name).as_string::<i32>();
+        let i64s = |name: &str| col(b, name).as_primitive::<Int64Type>();
+        EventColumns {
+            tenant: s("tenant_id"),
+            provider: s("provider"),
+            model: s("model"),
+            status: s("status"),
+            agent: s("agent_id"),
+            currency: s("currency"),
+            time: col(b, "event_time").as_primitive::<TimestampMicrosecondType>(),
+            tokens: tokenmeter_schemas::tables::BUCKETS
+                .iter()
+                .map(|x| i64s(&format!("tokens_{x}")))
+                .collect(),
+            reported: [
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+                "reasoning_output_tokens",
+            ]
+            .iter()
+            .map(|x| i64s(x))
+            .collect(),
+            cost: col(b, "cost").as_primitive::<Decimal128Type>(),
+        }
+    }
+
+    fn tokens(&self, r: usize) -> [i64; 5] {
+        std::array::from_fn(|i| self.tokens[i].value(r))
+    }
+
+    fn old_currency(&self, r: usize) -> Option<String> {
+        (!self.currency.is_null(r)).then(|| self.currency.value(r).to_string())
+    }
+
+    fn old_cost(&self, r: usize) -> Option<Money> {
+        (!self.cost.is_null(r)).then(|| self.cost.value(r))
+    }
+
+    /// Row `r` as a rollup key and one-event value, priced in `currency` at `costs`.
+    fn rollup(
+        &self,
+        r: usize,
+        currency: Option<String>,
+        costs: [Money; 5],
+    ) -> (RollupKey, RollupValue) {
+        let key = RollupKey {
+            hour_micros: hour_of(self.time.value(r)),
+            tenant_id: self.tenant.value(r).to_string(),
+            provider: self.provider.value(r).to_string(),
+            model: self.model.value(r).to_string(),
+            agent_id: (!self.agent.is_null(r)).then(|| self.agent.value(r).to_string()),
+            currency,
+        };
+        let value = RollupValue {
+            requests: 1,
+            errors: i64::from(self.status.value(r) == "error"),
+            reported: std::array::from_fn(|i| self.reported[i].value(r)),
+            tokens: self.tokens(r),
+            costs,
+        };
+        (key, value)
+    }
+}
+
 /// The rollups of a date's events as they are priced (compaction), with their totals.
 fn fold_as_priced(
     b: &RecordBatch,
     totals: &mut BTreeMap<(String, Option<String>), Totals>,
 ) -> Result<RecordBatch> {
-    let s = |name: &str| col(b, name).as_string::<i32>();
-    let (tenant, provider, model, status) =
-        (s("tenant_id"), s("provider"), s("model"), s("status"));
-    let (agent, currency) = (s("agent_id"), s("currency"));
-    let time = col(b, "event_time").as_primitive::<TimestampMicrosecondType>();
-    let i64s = |name: &str| col(b, name).as_primitive::<Int64Type>();
-    let dec =
-        |name: &str| col(b, name).as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
-    let buckets = tokenmeter_schemas::tables::BUCKETS;
-    let tokens: Vec<_> = buckets
+    let e = EventColumns::new(b);
+    let costs: Vec<&Decimal128Array> = tokenmeter_schemas::tables::BUCKETS
         .iter()
-        .map(|x| i64s(&format!("tokens_{x}")))
+        .map(|x| col(b, &format!("cost_{x}")).as_primitive::<Decimal128Type>())
         .collect();
-    let costs: Vec<_> = buckets.iter().map(|x| dec(&format!("cost_{x}"))).collect();
-    let reported: Vec<_> = [
-        "input_tokens",
-        "output_tokens",
-        "cache_read_input_tokens",
-        "cache_creation_input_tokens",
-        "reasoning_output_tokens",
-    ]
-    .iter()
-    .map(|x| i64s(x))
-    .collect();
-    let cost = dec("cost");
     let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
     for r in 0..b.num_rows() {
-        let cur = (!currency.is_null(r)).then(|| currency.value(r).to_string());
+        let cur = e.old_currency(r);
         let t = totals
-            .entry((tenant.value(r).to_string(), cur.clone()))
+            .entry((e.tenant.value(r).to_string(), cur.clone()))
             .or_default();
         t.events += 1;
-        if !cost.is_null(r) {
-            *t.old.get_or_insert(0) += cost.value(r);
-            *t.new.get_or_insert(0) += cost.value(r);
+        if let Some(v) = e.old_cost(r) {
+            *t.old.get_or_insert(0) += v;
+            *t.new.get_or_insert(0) += v;
         }
-        let key = RollupKey {
-            hour_micros: hour_of(time.value(r)),
-            tenant_id: tenant.value(r).to_string(),
-            provider: provider.value(r).to_string(),
-            model: model.value(r).to_string(),
-            agent_id: (!agent.is_null(r)).then(|| agent.value(r).to_string()),
-            currency: cur,
-        };
-        let v = RollupValue {
-            requests: 1,
-            errors: i64::from(status.value(r) == "error"),
-            reported: std::array::from_fn(|i| reported[i].value(r)),
-            tokens: std::array::from_fn(|i| tokens[i].value(r)),
-            costs: std::array::from_fn(|i| {
-                if costs[i].is_null(r) {
-                    0
-                } else {
-                    costs[i].value(r)
-                }
-            }),
-        };
+        let c = std::array::from_fn(|i| {
+            if costs[i].is_null(r) {
+                0
+            } else {
+                costs[i].value(r)
+            }
+        });
+        let (key, v) = e.rollup(r, cur, c);
         rollups.entry(key).or_default().merge(&v);
     }
     Ok(rollup_batch(&by_tenant(&rollups))?)
@@ -247,28 +299,7 @@ fn reprice_run(
     changed: &mut bool,
 ) -> Result<(RecordBatch, RecordBatch)> {
     let n = b.num_rows();
-    let s = |name: &str| col(b, name).as_string::<i32>();
-    let (tenant, provider, model, status) =
-        (s("tenant_id"), s("provider"), s("model"), s("status"));
-    let agent = s("agent_id");
-    let old_currency = s("currency");
-    let time = col(b, "event_time").as_primitive::<TimestampMicrosecondType>();
-    let i64s = |name: &str| col(b, name).as_primitive::<Int64Type>();
-    let tokens: Vec<_> = tokenmeter_schemas::tables::BUCKETS
-        .iter()
-        .map(|x| i64s(&format!("tokens_{x}")))
-        .collect();
-    let reported: Vec<_> = [
-        "input_tokens",
-        "output_tokens",
-        "cache_read_input_tokens",
-        "cache_creation_input_tokens",
-        "reasoning_output_tokens",
-    ]
-    .iter()
-    .map(|x| i64s(x))
-    .collect();
-    let old_cost = col(b, "cost").as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
+    let e = EventColumns::new(b);
     let dec = || {
         Decimal128Builder::with_capacity(n)
             .with_precision_and_scale(COST_PRECISION, COST_SCALE)
@@ -280,19 +311,19 @@ fn reprice_run(
     let mut price_from = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
     for r in 0..n {
-        let t = DateTime::from_timestamp_micros(time.value(r)).expect("valid time");
-        let tk: [i64; 5] = std::array::from_fn(|i| tokens[i].value(r));
-        let entry = book.lookup(provider.value(r), model.value(r), t);
+        let t = DateTime::from_timestamp_micros(e.time.value(r)).expect("valid time");
+        let tk = e.tokens(r);
+        let entry = book.lookup(e.provider.value(r), e.model.value(r), t);
         let c: Option<[Money; 5]> =
-            entry.map(|e| std::array::from_fn(|i| tk[i] as Money * e.rates.0[i] as Money));
+            entry.map(|p| std::array::from_fn(|i| tk[i] as Money * p.rates.0[i] as Money));
         match (&c, entry) {
-            (Some(c), Some(e)) => {
+            (Some(c), Some(p)) => {
                 for (bld, v) in costs.iter_mut().zip(c) {
                     bld.append_value(*v);
                 }
                 cost.append_value(c.iter().sum());
-                currency.append_value(&e.currency);
-                price_from.append_value(e.effective_from.timestamp_micros());
+                currency.append_value(&p.currency);
+                price_from.append_value(p.effective_from.timestamp_micros());
             }
             _ => {
                 costs.iter_mut().for_each(|b| b.append_null());
@@ -301,38 +332,22 @@ fn reprice_run(
                 price_from.append_null();
             }
         }
-        let new_cur = entry.map(|e| e.currency.clone());
-        let old_cur = (!old_currency.is_null(r)).then(|| old_currency.value(r).to_string());
-        let old_v = (!old_cost.is_null(r)).then(|| old_cost.value(r));
-        let new_v = c.map(|c| c.iter().sum::<Money>());
+        let new_cur = entry.map(|p| p.currency.clone());
+        let tenant = e.tenant.value(r);
         let te = totals
-            .entry((tenant.value(r).to_string(), old_cur.clone()))
+            .entry((tenant.to_string(), e.old_currency(r)))
             .or_default();
         te.events += 1;
-        if let Some(v) = old_v {
+        if let Some(v) = e.old_cost(r) {
             *te.old.get_or_insert(0) += v;
         }
         let tn = totals
-            .entry((tenant.value(r).to_string(), new_cur.clone()))
+            .entry((tenant.to_string(), new_cur.clone()))
             .or_default();
-        if let Some(v) = new_v {
+        if let Some(v) = c.map(|c| c.iter().sum::<Money>()) {
             *tn.new.get_or_insert(0) += v;
         }
-        let key = RollupKey {
-            hour_micros: hour_of(time.value(r)),
-            tenant_id: tenant.value(r).to_string(),
-            provider: provider.value(r).to_string(),
-            model: model.value(r).to_string(),
-            agent_id: (!agent.is_null(r)).then(|| agent.value(r).to_string()),
-            currency: new_cur,
-        };
-        let v = RollupValue {
-            requests: 1,
-            errors: i64::from(status.value(r) == "error"),
-            reported: std::array::from_fn(|i| reported[i].value(r)),
-            tokens: tk,
-            costs: c.unwrap_or([0; 5]),
-        };
+        let (key, v) = e.rollup(r, new_cur, c.unwrap_or([0; 5]));
         rollups.entry(key).or_default().merge(&v);
     }
     let mut cols: Vec<ArrayRef> = b.columns().to_vec();

@@ -713,6 +713,18 @@ fn pdf_text(html: &Path, pdf: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The golden book `text` with one input price a cent higher: a reprice with it changes costs.
+fn dearer_book(text: &str) -> PriceBook {
+    PriceBook::parse(
+        &text.replace(
+            "input = \"0.40\"\ncache_read = \"0.10\"",
+            "input = \"0.41\"\ncache_read = \"0.10\"",
+        ),
+        "c",
+    )
+    .unwrap()
+}
+
 /// A reprice that crashed after writing files but before its manifest leaves nothing visible,
 /// and the next reprice deletes its files and never reuses its generation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,17 +757,10 @@ async fn a_crashed_reprice_is_invisible_and_cleaned_up() {
     assert_eq!(cost_total(&dir, None, Source::Raw).await, before);
     assert_eq!(cost_total(&dir, None, Source::Rollups).await, before);
     // The next reprice (another price) cleans generation 1 up and publishes generation 2.
-    let cheaper = PriceBook::parse(
-        &text.replace(
-            "input = \"0.40\"\ncache_read = \"0.10\"",
-            "input = \"0.41\"\ncache_read = \"0.10\"",
-        ),
-        "c",
-    )
-    .unwrap();
+    let dearer = dearer_book(&text);
     let r = tokenmeter_query::reprice::reprice(
         &dir,
-        &cheaper,
+        &dearer,
         "c",
         "2026-10-01".parse().unwrap(),
         "2026-11-01".parse().unwrap(),
@@ -978,16 +983,9 @@ async fn compaction_keeps_every_row_and_figure_in_fewer_files() {
     ));
 
     // Repricing composes with it.
-    let cheaper = PriceBook::parse(
-        &text.replace(
-            "input = \"0.40\"\ncache_read = \"0.10\"",
-            "input = \"0.41\"\ncache_read = \"0.10\"",
-        ),
-        "c",
-    )
-    .unwrap();
+    let dearer = dearer_book(&text);
     for lake in [&a, &b] {
-        let r = reprice(lake, &cheaper, "c", from, to, "t", now)
+        let r = reprice(lake, &dearer, "c", from, to, "t", now)
             .await
             .unwrap();
         assert!(matches!(r, Repriced::Restated(_)), "{r:?}");
