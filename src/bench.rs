@@ -281,11 +281,17 @@ async fn run_query(ctx: &SessionContext, q: &Query) -> Result<Vec<RecordBatch>> 
     })
 }
 
+/// The UTC dates `[start, end)` of the generated traffic (its window, and the minute of jitter
+/// past its end).
+fn traffic_dates(cfg: &GenConfig) -> (chrono::NaiveDate, chrono::NaiveDate) {
+    let start = cfg.start.date_naive();
+    (start, start + chrono::Days::new(cfg.days as u64 + 1))
+}
+
 /// The queries DataFusion and DuckDB both run over the lake of `cfg`'s traffic; `tenant` is
 /// the busiest tenant (its month is the tenant-month query).
 fn queries(cfg: &GenConfig, tenant: &str) -> Result<Vec<Query>> {
-    let start = cfg.start.date_naive();
-    let end = start + chrono::Days::new(cfg.days as u64 + 1);
+    let (start, end) = traffic_dates(cfg);
     let params = |source, tenant: Option<&str>, from, to| ReportParams {
         from,
         to,
@@ -641,12 +647,12 @@ async fn measure(a: &BenchArgs, events: u64, work: &Path) -> Result<(String, Val
     );
     let before = (lake_files(ev_dir)?, lake_files(ru_dir)?);
     progress("compaction of the aggregator's lake (tokenmeter compact)");
-    let first_date = cfg.start.date_naive();
+    let (first_date, end_date) = traffic_dates(&cfg);
     let t = Instant::now();
     tokenmeter_query::reprice::compact(
         &agg_dir,
         first_date,
-        first_date + chrono::Days::new(cfg.days as u64 + 1),
+        end_date,
         "tokenmeter bench",
         chrono::Utc::now(),
     )

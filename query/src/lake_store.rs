@@ -322,6 +322,17 @@ pub fn visible(committed: &CommittedOffsets, restated: &Restated, location: &Pat
 pub fn visible_files(root: &std::path::Path, dir: &str) -> Result<Vec<(std::path::PathBuf, u64)>> {
     let committed = CommittedOffsets::read(root)?;
     let (restated, _) = Restated::read(root, None, Some(&committed))?;
+    visible_files_at(root, dir, &committed, &restated)
+}
+
+/// The data files under `root/dir` that a view at (`committed`, `restated`) shows, with their
+/// sizes, sorted.
+pub fn visible_files_at(
+    root: &std::path::Path,
+    dir: &str,
+    committed: &CommittedOffsets,
+    restated: &Restated,
+) -> Result<Vec<(std::path::PathBuf, u64)>> {
     let mut out = Vec::new();
     let mut stack = vec![root.join(dir)];
     while let Some(d) = stack.pop() {
@@ -353,7 +364,7 @@ pub fn visible_files(root: &std::path::Path, dir: &str) -> Result<Vec<(std::path
                 continue;
             };
             let rel = rel.to_string_lossy();
-            if visible(&committed, &restated, &Path::from(rel.as_ref())) {
+            if visible(committed, restated, &Path::from(rel.as_ref())) {
                 out.push((path.clone(), meta.len()));
             }
         }

@@ -22,7 +22,7 @@
 
 use crate::catalog::{View, open_view};
 use crate::lake_store::{
-    CommittedOffsets, Restated as RestatedView, read_records, read_restatements, visible,
+    CommittedOffsets, Restated as RestatedView, read_records, read_restatements, visible_files_at,
 };
 use crate::periods::{cut_entries, read_closes, touches_closed, write_atomic};
 use crate::sqlq::read_only_options;
@@ -38,7 +38,6 @@ use datafusion::arrow::datatypes::{
     Decimal128Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
 use datafusion::common::ScalarValue;
-use datafusion::object_store::path::Path as ObjectPath;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tokenmeter_aggregate::PriceBook;
@@ -407,32 +406,6 @@ pub async fn compact(
     )
 }
 
-/// The visible data files of `date` in both tables at the cut (`committed`, `restated`), with
-/// their sizes.
-fn visible_files(
-    root: &Path,
-    committed: &CommittedOffsets,
-    restated: &RestatedView,
-    date: NaiveDate,
-) -> Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for table in [EVENTS_DIR, ROLLUPS_DIR] {
-        let dir = date_dir(table, date);
-        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
-            continue;
-        };
-        for e in entries {
-            let e = e.map_err(state_err(&root.join(&dir)))?;
-            let rel = format!("{dir}/{}", e.file_name().to_string_lossy());
-            if visible(committed, restated, &ObjectPath::from(rel.as_str())) {
-                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((rel, len));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Publish a restatement of `[from, to)` in `mode`: the manifest (`None` when nothing changes),
 /// the events read, and per compacted date its figures.
 async fn restate(
@@ -496,12 +469,11 @@ async fn restate(
     for d in dates(from, to) {
         let before = match mode {
             Mode::Compact => {
-                let files = visible_files(root, &cut, &in_force, d)?;
-                let events_files = files
-                    .iter()
-                    .filter(|(rel, _)| rel.starts_with(EVENTS_DIR))
-                    .count();
-                if events_files <= 1 && files.len() - events_files <= 1 {
+                let (events_files, rollup_files) = (
+                    visible_files_at(root, &date_dir(EVENTS_DIR, d), &cut, &in_force)?,
+                    visible_files_at(root, &date_dir(ROLLUPS_DIR, d), &cut, &in_force)?,
+                );
+                if events_files.len() <= 1 && rollup_files.len() <= 1 {
                     // Nothing to gain; its events still count in the figures.
                     let n = ctx
                         .sql_with_options(
@@ -521,7 +493,7 @@ async fn restate(
                         .unwrap_or(0);
                     continue;
                 }
-                Some(files)
+                Some([events_files, rollup_files].concat())
             }
             Mode::Reprice { .. } => None,
         };

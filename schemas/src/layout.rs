@@ -78,20 +78,6 @@ impl FileId {
             self.topic, self.partition, self.first, self.last
         )
     }
-
-    /// Parse an original (`None`) or restated (`Some(generation)`) data file name.
-    pub fn parse_any(name: &str) -> Option<(FileId, Option<u32>)> {
-        if let Some(id) = FileId::parse(name) {
-            return Some((id, None));
-        }
-        let stem = name.strip_suffix(".parquet")?;
-        let (base, generation) = stem.rsplit_once(".r")?;
-        if generation.len() != 6 || !generation.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let id = FileId::parse(&format!("{base}.parquet"))?;
-        Some((id, Some(generation.parse().ok()?)))
-    }
 }
 
 /// Directory of restatement manifests (`{generation:06}.json`) and intents
@@ -247,8 +233,7 @@ mod tests {
         assert_eq!(FileId::parse(&id.file_name()), Some(id.clone()));
         assert_eq!(FileId::parse("x.parquet"), None);
         assert_eq!(FileId::parse("-p1-1-2.parquet"), None);
-        assert_eq!(FileId::parse_any(&id.file_name()), Some((id.clone(), None)));
+        // Readers find restated files through their manifest: the name is not a batch's.
         assert_eq!(FileId::parse(&id.restated_name(3)), None);
-        assert_eq!(FileId::parse_any(&id.restated_name(3)), Some((id, Some(3))));
     }
 }
