@@ -118,7 +118,22 @@ pub fn trip(
     }
 }
 
-/// How the lake encodes a column in Parquet (zstd compresses every page on top).
+/// How the lake compresses a table's pages: raw events with zstd (the record of what was
+/// billed, kept for years: size first), rollups with LZ4 (`LZ4_RAW`: the tables dashboards and
+/// month reports read again and again: speed first). In the bench (200k events), LZ4 rollups
+/// are 1.5x the bytes of zstd ones, and the reports from them take 17–43 % less time:
+/// decompression is cheaper, and parquet-rs builds no codec context for LZ4 (zstd runs `cpuid`,
+/// a VM exit, for each context it creates, and parquet-rs creates two per column chunk read or
+/// written; see BENCHMARKS.md).
+pub fn table_compression(table_dir: &str, zstd_level: i32) -> Compression {
+    if table_dir == ROLLUPS_DIR {
+        Compression::LZ4_RAW
+    } else {
+        Compression::ZSTD(ZstdLevel::try_new(zstd_level).unwrap_or_default())
+    }
+}
+
+/// How the lake encodes a column in Parquet (compressed on top: [`table_compression`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnEncoding {
     /// Dictionary with RLE indices: strings that repeat (tenants, models, agents, hours).
@@ -150,7 +165,7 @@ pub fn column_encoding(name: &str, dt: &DataType) -> ColumnEncoding {
 pub struct LakeOptions {
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
-    /// zstd level.
+    /// zstd level of the raw-event files (rollups are LZ4: [`table_compression`]).
     pub zstd_level: i32,
     /// Fail (as if crashed) at this point of the Nth batch commit (1-based) of this process.
     pub fail_point: Option<(FailPoint, u64)>,
@@ -271,14 +286,18 @@ fn staged(root: &Path, topic: &str, partition: i32, rel: &str) -> PathBuf {
 /// a temp file next to it (`*.tmp`, which no reader lists), fsync, rename, fsync the directory.
 /// For files outside the per-partition commit protocol (restatements), which are published by
 /// a record written after them.
-pub fn write_file_atomic(path: &Path, batch: &arrow::array::RecordBatch) -> Result<()> {
+pub fn write_file_atomic(
+    path: &Path,
+    table_dir: &str,
+    batch: &arrow::array::RecordBatch,
+) -> Result<()> {
     let lake = Lake {
         root: path.parent().expect("file has a parent").to_path_buf(),
         opts: LakeOptions::default(),
         commits: std::sync::atomic::AtomicU64::new(0),
     };
     let tmp = tmp_of(path);
-    lake.write_parquet(&tmp, batch)?;
+    lake.write_parquet(&tmp, table_dir, batch)?;
     fs::rename(&tmp, path).map_err(Error::io("rename", path))?;
     fsync_dir(path.parent().expect("file has a parent"))
 }
@@ -440,15 +459,19 @@ impl Lake {
         trip(self.opts.fail_point, self.opts.fail_action, at, n)
     }
 
-    /// Write `batch` as Parquet at `tmp` and fsync it.
-    fn write_parquet(&self, tmp: &Path, batch: &arrow::array::RecordBatch) -> Result<u64> {
+    /// Write `batch`, a file of table `table_dir` (`EVENTS_DIR` or `ROLLUPS_DIR`), as Parquet at
+    /// `tmp` and fsync it.
+    fn write_parquet(
+        &self,
+        tmp: &Path,
+        table_dir: &str,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<u64> {
         let dir = tmp.parent().expect("file has a parent");
         fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
         let file = File::create(tmp).map_err(Error::io("create", tmp))?;
         let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(self.opts.zstd_level).unwrap_or_default(),
-            ))
+            .set_compression(table_compression(table_dir, self.opts.zstd_level))
             .set_max_row_group_row_count(Some(self.opts.row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Page);
         for field in batch.schema().fields() {
@@ -516,7 +539,7 @@ impl Lake {
         for (date, evs) in &by_date {
             let rel = format!("{}/{name}", layout::date_dir(EVENTS_DIR, *date));
             let tmp = staged(&self.root, topic, partition, &rel);
-            report.bytes += self.write_parquet(&tmp, &events_batch(topic, evs)?)?;
+            report.bytes += self.write_parquet(&tmp, EVENTS_DIR, &events_batch(topic, evs)?)?;
             report.files.push(rel);
             if report.files.len() == 1 {
                 self.fail(FailPoint::MidWrite, n)?;
@@ -526,7 +549,7 @@ impl Lake {
             report.rollup_rows += rows.len();
             let rel = format!("{}/{name}", layout::date_dir(ROLLUPS_DIR, *date));
             let tmp = staged(&self.root, topic, partition, &rel);
-            report.bytes += self.write_parquet(&tmp, &rollup_batch(&rows)?)?;
+            report.bytes += self.write_parquet(&tmp, ROLLUPS_DIR, &rollup_batch(&rows)?)?;
             report.files.push(rel);
         }
         self.fail(FailPoint::BeforeIntent, n)?;

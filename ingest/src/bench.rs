@@ -33,7 +33,7 @@ pub struct Stages {
     pub price: Duration,
     /// The hourly rollup fold over the batch (timed in a pass of its own).
     pub fold: Duration,
-    /// `Lake::commit` minus the fold: Arrow batches, Parquet (zstd) of events and rollups,
+    /// `Lake::commit` minus the fold: Arrow batches, Parquet of events (zstd) and rollups (LZ4),
     /// fsync, rename, state file. (`Lake::commit` folds each date for its rollup file; that
     /// same work is counted under `fold`.)
     pub encode: Duration,

@@ -587,7 +587,7 @@ async fn restate(
             let rel = format!("{}/{}", date_dir(table, *d), r.name);
             let path = root.join(&rel);
             std::fs::create_dir_all(path.parent().expect("parent")).map_err(state_err(&path))?;
-            tokenmeter_aggregate::lake::write_file_atomic(&path, batch)?;
+            tokenmeter_aggregate::lake::write_file_atomic(&path, table, batch)?;
             if let Some(c) = compacted.iter_mut().find(|c| c.date == *d) {
                 c.bytes_after += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             }

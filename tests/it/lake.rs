@@ -258,7 +258,7 @@ fn budgets_read_back_exactly_the_committed_events_and_ledgers_round_trip() {
 
 /// The files' layout, read back with the parquet crate: each column has the encoding its values
 /// call for (unique values plain, repeated strings as a dictionary, rising integers as deltas),
-/// and a rollup file holds each tenant's rows together, hours rising within a tenant, with
+/// raw events are compressed with zstd and rollups with LZ4, and a rollup file holds each tenant's rows together, hours rising within a tenant, with
 /// page-level statistics for a one-tenant query to skip the others.
 #[test]
 fn columns_are_encoded_for_their_values_and_rollups_cluster_by_tenant() {
@@ -287,6 +287,30 @@ fn columns_are_encoded_for_their_values_and_rollups_cluster_by_tenant() {
             .unwrap_or_else(|| panic!("{} has no column {column}", path.display()));
         c.encodings().collect()
     };
+    // Raw events are zstd (size first), rollups LZ4 (read speed first), every column chunk.
+    let codecs = |path: &std::path::Path| -> Vec<parquet::basic::Compression> {
+        let r = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+        r.metadata()
+            .row_groups()
+            .iter()
+            .flat_map(|rg| rg.columns().iter().map(|c| c.compression()))
+            .collect()
+    };
+    for (files, zstd) in [(&events, true), (&rollups, false)] {
+        for f in files {
+            let c = codecs(f);
+            assert!(!c.is_empty());
+            assert!(
+                c.iter().all(|c| if zstd {
+                    matches!(c, parquet::basic::Compression::ZSTD(_))
+                } else {
+                    *c == parquet::basic::Compression::LZ4_RAW
+                }),
+                "{}: {c:?}",
+                f.display()
+            );
+        }
+    }
     let dictionary = |e: &[Encoding]| {
         e.contains(&Encoding::RLE_DICTIONARY) || e.contains(&Encoding::PLAIN_DICTIONARY)
     };
