@@ -258,8 +258,9 @@ fn budgets_read_back_exactly_the_committed_events_and_ledgers_round_trip() {
 
 /// The files' layout, read back with the parquet crate: each column has the encoding its values
 /// call for (unique values plain, repeated strings as a dictionary, rising integers as deltas),
-/// raw events are compressed with zstd and rollups with LZ4, and a rollup file holds each tenant's rows together, hours rising within a tenant, with
-/// page-level statistics for a one-tenant query to skip the others.
+/// raw events are compressed with zstd and rollups with LZ4, and a rollup file holds each
+/// tenant's rows together, hours rising within a tenant, with page-level statistics for a
+/// one-tenant query to skip the others.
 #[test]
 fn columns_are_encoded_for_their_values_and_rollups_cluster_by_tenant() {
     use datafusion::arrow::array::AsArray;
