@@ -16,8 +16,9 @@
 //! partition is revoked or the process dies, and is rebuilt from committed files only.
 //!
 //! Keys are 128-bit XXH3 hashes of (source, id) (a false "duplicate" needs a 128-bit collision:
-//! about 10^-18 for 10^10 events); fingerprints are 64-bit XXH3 hashes of the billing content,
-//! stable across versions because the fields are hashed explicitly, in a fixed order.
+//! about 10^-18 for 10^10 events); fingerprints are 64-bit XXH3 hashes of the billing content
+//! ([`Content`]), hashed field by field in a fixed order. The lake does not store them: every
+//! hashed field is a raw-event column, so the index recomputes them from the stored rows.
 //!
 //! Not here: I/O (the lake reads the keys back) and Kafka (the aggregator routes conflicts to
 //! the dead-letter topic).
@@ -60,51 +61,120 @@ fn put_opt(h: &mut XxHash3_64, s: Option<&str>) {
     }
 }
 
-/// A 64-bit hash of everything billing reads from the event: id, source, the instant of `time`
-/// (not its written offset), subject, and every `data` field. Two deliveries of one event have
-/// the same fingerprint whatever their JSON key order or whitespace.
-pub fn fingerprint(e: &UsageEvent) -> u64 {
-    let mut h = XxHash3_64::new();
-    put_str(&mut h, &e.id);
-    put_str(&mut h, &e.source);
-    h.write(&e.time.timestamp_micros().to_le_bytes());
-    put_str(&mut h, &e.tenant_id);
-    let d = &e.data;
-    put_str(&mut h, &d.provider);
-    put_str(&mut h, &d.model);
-    put_opt(&mut h, d.operation.as_deref());
-    match &d.agent {
-        None => h.write(&[0]),
-        Some(a) => {
-            h.write(&[1]);
-            put_str(&mut h, &a.id);
-            put_opt(&mut h, a.name.as_deref());
-            put_opt(&mut h, a.run_id.as_deref());
-            put_opt(&mut h, a.step.map(|s| s.as_str()));
+/// What the fingerprint hashes, borrowed: everything billing reads from an event. Built from a
+/// decoded event ([`Content::of`]) or from a stored raw-event row
+/// ([`crate::record::StoredContent::content`]); the two give the same fingerprint for the same
+/// event, which is why the lake does not store it (a test in `record` holds them together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Content<'a> {
+    pub id: &'a str,
+    pub source: &'a str,
+    /// The instant of `time` in microseconds since the epoch (not its written offset).
+    pub time_micros: i64,
+    pub tenant_id: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub operation: Option<&'a str>,
+    pub agent: Option<AgentContent<'a>>,
+    pub channel: Option<&'a str>,
+    pub api_key_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    /// Reported counts in hash order: input, cache read, cache creation, output, reasoning.
+    pub tokens: [i64; 5],
+    /// As stored: [`crate::record::stored_latency`].
+    pub latency_ms: Option<i64>,
+    pub status: &'a str,
+}
+
+/// The agent fields of [`Content`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentContent<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub step: Option<&'a str>,
+}
+
+impl<'a> Content<'a> {
+    /// The content of a decoded event.
+    pub fn of(e: &'a UsageEvent) -> Self {
+        let d = &e.data;
+        let u = &d.usage;
+        Content {
+            id: &e.id,
+            source: &e.source,
+            time_micros: e.time.timestamp_micros(),
+            tenant_id: &e.tenant_id,
+            provider: &d.provider,
+            model: &d.model,
+            operation: d.operation.as_deref(),
+            agent: d.agent.as_ref().map(|a| AgentContent {
+                id: &a.id,
+                name: a.name.as_deref(),
+                run_id: a.run_id.as_deref(),
+                step: a.step.map(|s| s.as_str()),
+            }),
+            channel: d.channel.as_deref(),
+            api_key_id: d.api_key_id.as_deref(),
+            user_id: d.user_id.as_deref(),
+            // Token counts are at most `MAX_TOKENS` (validated on decode): exact as i64.
+            tokens: [
+                u.input_tokens,
+                u.cache_read_input_tokens,
+                u.cache_creation_input_tokens,
+                u.output_tokens,
+                u.reasoning_output_tokens,
+            ]
+            .map(|v| v as i64),
+            latency_ms: d.latency_ms.map(crate::record::stored_latency),
+            status: d.status.as_str(),
         }
     }
-    put_opt(&mut h, d.channel.as_deref());
-    put_opt(&mut h, d.api_key_id.as_deref());
-    put_opt(&mut h, d.user_id.as_deref());
-    let u = &d.usage;
-    for v in [
-        u.input_tokens,
-        u.cache_read_input_tokens,
-        u.cache_creation_input_tokens,
-        u.output_tokens,
-        u.reasoning_output_tokens,
-    ] {
-        h.write(&v.to_le_bytes());
-    }
-    match d.latency_ms {
-        None => h.write(&[0]),
-        Some(v) => {
-            h.write(&[1]);
+
+    /// The 64-bit fingerprint: every field, in a fixed order, strings length-prefixed and
+    /// options tagged, so that no two contents share their hashed bytes.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = XxHash3_64::new();
+        put_str(&mut h, self.id);
+        put_str(&mut h, self.source);
+        h.write(&self.time_micros.to_le_bytes());
+        put_str(&mut h, self.tenant_id);
+        put_str(&mut h, self.provider);
+        put_str(&mut h, self.model);
+        put_opt(&mut h, self.operation);
+        match &self.agent {
+            None => h.write(&[0]),
+            Some(a) => {
+                h.write(&[1]);
+                put_str(&mut h, a.id);
+                put_opt(&mut h, a.name);
+                put_opt(&mut h, a.run_id);
+                put_opt(&mut h, a.step);
+            }
+        }
+        put_opt(&mut h, self.channel);
+        put_opt(&mut h, self.api_key_id);
+        put_opt(&mut h, self.user_id);
+        for v in self.tokens {
             h.write(&v.to_le_bytes());
         }
+        match self.latency_ms {
+            None => h.write(&[0]),
+            Some(v) => {
+                h.write(&[1]);
+                h.write(&v.to_le_bytes());
+            }
+        }
+        put_str(&mut h, self.status);
+        h.finish()
     }
-    put_str(&mut h, d.status.as_str());
-    h.finish()
+}
+
+/// A 64-bit hash of everything billing reads from the event ([`Content`]): id, source, the
+/// instant of `time` (not its written offset), subject, and every `data` field. Two deliveries
+/// of one event have the same fingerprint whatever their JSON key order or whitespace.
+pub fn fingerprint(e: &UsageEvent) -> u64 {
+    Content::of(e).fingerprint()
 }
 
 /// What the index says of an event.

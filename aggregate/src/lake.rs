@@ -34,7 +34,7 @@
 
 use crate::budgets::{Ledger, SpendEvent};
 use crate::dedupe::{self, Key};
-use crate::record::{PricedEvent, events_batch, rollup_batch};
+use crate::record::{CONTENT_COLUMNS, PricedEvent, StoredContent, events_batch, rollup_batch};
 use crate::rollup::{self, fold};
 use crate::{Error, Result};
 use arrow::datatypes::DataType;
@@ -138,7 +138,7 @@ pub fn table_compression(table_dir: &str, zstd_level: i32) -> Compression {
 pub enum ColumnEncoding {
     /// Dictionary with RLE indices: strings that repeat (tenants, models, agents, hours).
     Dictionary,
-    /// Plain values: columns where most values differ (event ids, fingerprints, latencies,
+    /// Plain values: columns where most values differ (event ids, latencies,
     /// token counts, money). A dictionary as large as the column plus its indices compresses
     /// worse than the values themselves (the bench's raw events: 0.119 → 0.107 of the JSON
     /// bytes; DuckDB's writer makes the same choice).
@@ -581,16 +581,15 @@ impl Lake {
     }
 
     /// The dedupe keys and content fingerprints of the partition's committed raw events of one
-    /// UTC date (files whose `last` offset ≤ `committed_through`). Reads three columns of the
-    /// date's files of this partition only.
+    /// UTC date (files whose `last` offset ≤ `committed_through`). Reads the content columns
+    /// ([`crate::record::CONTENT_COLUMNS`]) of the date's files of this partition only, and
+    /// recomputes each fingerprint from them: the lake does not store it.
     pub fn load_keys(
         &self,
         lock: &PartitionLock,
         date: chrono::NaiveDate,
         committed_through: i64,
     ) -> Result<Vec<(Key, u64)>> {
-        use arrow::array::{Array, AsArray};
-        use arrow::datatypes::Int64Type;
         use parquet::arrow::ProjectionMask;
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let dir = self.root.join(layout::date_dir(EVENTS_DIR, date));
@@ -620,34 +619,28 @@ impl Lake {
             let file = File::open(&path).map_err(Error::io("open", &path))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(dec)?;
             let schema = builder.schema().clone();
-            let col = |name: &str| {
-                schema.index_of(name).map_err(|_| Error::Encode {
+            let mut roots = Vec::with_capacity(CONTENT_COLUMNS.len());
+            for name in CONTENT_COLUMNS {
+                roots.push(schema.index_of(name).map_err(|_| Error::Encode {
                     what: "dedupe keys (reading parquet)",
                     message: format!("{}: no column {name}", path.display()),
-                })
-            };
-            let (src, eid, fp) = (
-                col("source")?,
-                col("event_id")?,
-                col("content_fingerprint")?,
-            );
-            let mask = ProjectionMask::roots(builder.parquet_schema(), [src, eid, fp]);
+                })?);
+            }
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
             let reader = builder.with_projection(mask).build().map_err(dec)?;
             for batch in reader {
                 let batch = batch.map_err(|e| Error::Encode {
                     what: "dedupe keys (reading parquet)",
                     message: format!("{}: {e}", path.display()),
                 })?;
-                let s = batch.schema();
-                let get = |n: &str| batch.column(s.index_of(n).expect("projected column"));
-                let (src, eid, fp) = (get("source"), get("event_id"), get("content_fingerprint"));
-                let (src, eid) = (src.as_string::<i32>(), eid.as_string::<i32>());
-                let fp = fp.as_primitive::<Int64Type>();
+                let stored = StoredContent::new(&batch).map_err(|e| Error::Encode {
+                    what: "dedupe keys (reading parquet)",
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                out.reserve(batch.num_rows());
                 for i in 0..batch.num_rows() {
-                    if src.is_null(i) || eid.is_null(i) {
-                        continue;
-                    }
-                    out.push((dedupe::key(src.value(i), eid.value(i)), fp.value(i) as u64));
+                    let c = stored.content(i);
+                    out.push((dedupe::key(c.source, c.id), c.fingerprint()));
                 }
             }
         }

@@ -1,15 +1,19 @@
 //! A priced event — the unit the aggregator buffers — and its encoding into Arrow record batches
-//! of the raw-event and rollup tables.
+//! of the raw-event and rollup tables; and the way back from a stored raw-event row to the
+//! content its fingerprint hashes ([`StoredContent`]).
 //!
 //! Pure: no I/O. The Parquet writing is in [`crate::lake`].
 
+use crate::dedupe::{AgentContent, Content};
 use crate::prices::{Money, PriceBook};
 use crate::rollup::{RollupKey, RollupValue};
 use crate::{Error, Result};
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Decimal128Builder, Int32Builder,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use tokenmeter_schemas::tables::{COST_PRECISION, COST_SCALE, EVENTS_SCHEMA, ROLLUP_SCHEMA};
@@ -178,7 +182,6 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
     let mut buckets = BucketColumns::new(n);
     let mut partition = Int32Builder::with_capacity(n);
     let mut offset = Int64Builder::with_capacity(n);
-    let mut fingerprint = Int64Builder::with_capacity(n);
     for p in events {
         let e = &p.event;
         let d = &e.data;
@@ -198,7 +201,7 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
         channel.append_option(d.channel.as_deref());
         key.append_option(d.api_key_id.as_deref());
         user.append_option(d.user_id.as_deref());
-        latency.append_option(d.latency_ms.map(|v| v.min(i64::MAX as u64) as i64));
+        latency.append_option(d.latency_ms.map(stored_latency));
         status.append_value(d.status.as_str());
         buckets.append(
             p.reported(),
@@ -213,7 +216,6 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
         ktopic.append_value(topic);
         partition.append_value(p.partition);
         offset.append_value(p.offset);
-        fingerprint.append_value(p.fingerprint as i64);
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(id.finish()),
@@ -239,7 +241,6 @@ pub fn events_batch(topic: &str, events: &[&PricedEvent]) -> Result<RecordBatch>
     cols.push(Arc::new(ktopic.finish()));
     cols.push(Arc::new(partition.finish()));
     cols.push(Arc::new(offset.finish()));
-    cols.push(Arc::new(fingerprint.finish()));
     RecordBatch::try_new(EVENTS_SCHEMA.clone(), cols).map_err(encode_err("raw events"))
 }
 
@@ -280,4 +281,464 @@ pub fn rollup_batch(rows: &[(&RollupKey, &RollupValue)]) -> Result<RecordBatch> 
     ];
     buckets.finish_into(&mut cols);
     RecordBatch::try_new(ROLLUP_SCHEMA.clone(), cols).map_err(encode_err("rollups"))
+}
+
+/// How the raw-event table stores `latency_ms`, an unsigned count: as `Int64`, clamped to
+/// `i64::MAX` (about 292 million years).
+pub fn stored_latency(ms: u64) -> i64 {
+    ms.min(i64::MAX as u64) as i64
+}
+
+/// The raw-event columns that hold an event's [`Content`], the input of its fingerprint.
+pub const CONTENT_COLUMNS: [&str; 22] = [
+    "event_id",
+    "source",
+    "event_time",
+    "tenant_id",
+    "provider",
+    "model",
+    "operation",
+    "is_agent",
+    "agent_id",
+    "agent_name",
+    "agent_run_id",
+    "agent_step",
+    "channel",
+    "api_key_id",
+    "user_id",
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+    "reasoning_output_tokens",
+    "latency_ms",
+    "status",
+];
+
+/// The [`Content`] of stored raw-event rows: a record batch holding at least
+/// [`CONTENT_COLUMNS`] (in any order; other columns are ignored), as the lake reads its files
+/// back to rebuild the dedupe index. [`StoredContent::content`] of a row gives the same
+/// fingerprint as the event it was written from.
+#[derive(Debug)]
+pub struct StoredContent<'b> {
+    id: &'b StringArray,
+    source: &'b StringArray,
+    time: &'b TimestampMicrosecondArray,
+    tenant_id: &'b StringArray,
+    provider: &'b StringArray,
+    model: &'b StringArray,
+    operation: &'b StringArray,
+    is_agent: &'b BooleanArray,
+    agent_id: &'b StringArray,
+    agent_name: &'b StringArray,
+    agent_run_id: &'b StringArray,
+    agent_step: &'b StringArray,
+    channel: &'b StringArray,
+    api_key_id: &'b StringArray,
+    user_id: &'b StringArray,
+    /// In [`Content::tokens`] order.
+    tokens: [&'b Int64Array; 5],
+    latency_ms: &'b Int64Array,
+    status: &'b StringArray,
+}
+
+fn read_back_error(message: String) -> Error {
+    Error::Encode {
+        what: "raw events (reading back)",
+        message,
+    }
+}
+
+impl<'b> StoredContent<'b> {
+    /// Check `batch`'s content columns: present, of the table's type, no null where the table
+    /// has none, an agent id on every agent row.
+    pub fn new(batch: &'b RecordBatch) -> Result<Self> {
+        let column = |name: &str| -> Result<&'b ArrayRef> {
+            let i = batch.schema().index_of(name).map_err(|_| {
+                read_back_error(format!("no column {name}: not a tokenmeter raw-event file"))
+            })?;
+            Ok(batch.column(i))
+        };
+        let wrong = |name: &str, a: &ArrayRef| {
+            read_back_error(format!(
+                "column {name} is {}, not the raw-event table's type",
+                a.data_type()
+            ))
+        };
+        let string = |name: &str| -> Result<&'b StringArray> {
+            let a = column(name)?;
+            a.as_string_opt::<i32>().ok_or_else(|| wrong(name, a))
+        };
+        let int = |name: &str| -> Result<&'b Int64Array> {
+            let a = column(name)?;
+            a.as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| wrong(name, a))
+        };
+        let time = column("event_time")?;
+        let is_agent = column("is_agent")?;
+        let c = Self {
+            id: string("event_id")?,
+            source: string("source")?,
+            time: time
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| wrong("event_time", time))?,
+            tenant_id: string("tenant_id")?,
+            provider: string("provider")?,
+            model: string("model")?,
+            operation: string("operation")?,
+            is_agent: is_agent
+                .as_boolean_opt()
+                .ok_or_else(|| wrong("is_agent", is_agent))?,
+            agent_id: string("agent_id")?,
+            agent_name: string("agent_name")?,
+            agent_run_id: string("agent_run_id")?,
+            agent_step: string("agent_step")?,
+            channel: string("channel")?,
+            api_key_id: string("api_key_id")?,
+            user_id: string("user_id")?,
+            tokens: [
+                int("input_tokens")?,
+                int("cache_read_input_tokens")?,
+                int("cache_creation_input_tokens")?,
+                int("output_tokens")?,
+                int("reasoning_output_tokens")?,
+            ],
+            latency_ms: int("latency_ms")?,
+            status: string("status")?,
+        };
+        let required: [(&str, &dyn Array); 13] = [
+            ("event_id", c.id),
+            ("source", c.source),
+            ("event_time", c.time),
+            ("tenant_id", c.tenant_id),
+            ("provider", c.provider),
+            ("model", c.model),
+            ("is_agent", c.is_agent),
+            ("input_tokens", c.tokens[0]),
+            ("cache_read_input_tokens", c.tokens[1]),
+            ("cache_creation_input_tokens", c.tokens[2]),
+            ("output_tokens", c.tokens[3]),
+            ("reasoning_output_tokens", c.tokens[4]),
+            ("status", c.status),
+        ];
+        if let Some((name, _)) = required.iter().find(|(_, a)| a.null_count() > 0) {
+            return Err(read_back_error(format!(
+                "column {name} holds a null, which the raw-event table forbids"
+            )));
+        }
+        if (0..batch.num_rows()).any(|i| c.is_agent.value(i) && c.agent_id.is_null(i)) {
+            return Err(read_back_error(
+                "an agent row (is_agent true) has no agent_id".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The content of row `i`.
+    pub fn content(&self, i: usize) -> Content<'b> {
+        let opt = |a: &'b StringArray| (!a.is_null(i)).then(|| a.value(i));
+        Content {
+            id: self.id.value(i),
+            source: self.source.value(i),
+            time_micros: self.time.value(i),
+            tenant_id: self.tenant_id.value(i),
+            provider: self.provider.value(i),
+            model: self.model.value(i),
+            operation: opt(self.operation),
+            agent: self.is_agent.value(i).then(|| AgentContent {
+                id: self.agent_id.value(i),
+                name: opt(self.agent_name),
+                run_id: opt(self.agent_run_id),
+                step: opt(self.agent_step),
+            }),
+            channel: opt(self.channel),
+            api_key_id: opt(self.api_key_id),
+            user_id: opt(self.user_id),
+            tokens: self.tokens.map(|a| a.value(i)),
+            latency_ms: (!self.latency_ms.is_null(i)).then(|| self.latency_ms.value(i)),
+            status: self.status.value(i),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedupe::fingerprint;
+    use proptest::prelude::*;
+    use tokenmeter_schemas::{DecodeOptions, decode_event};
+
+    const BOOK: &str = "currency = \"USD\"\n[[price]]\nprovider = \"p\"\nmodel = \"m\"\neffective_from = \"2025-01-01T00:00:00Z\"\ninput = \"1\"\noutput = \"2\"\n";
+
+    fn word() -> impl Strategy<Value = String> {
+        "[a-z0-9-]{1,8}"
+    }
+
+    fn opt_word() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(word())
+    }
+
+    /// Events with every optional field present or absent, any latency (beyond `i64::MAX`
+    /// too), any valid token counts, times (2000 to 2023) with and without an offset and
+    /// sub-second digits.
+    fn event_json() -> impl Strategy<Value = serde_json::Value> {
+        let agent = proptest::option::of((
+            word(),
+            opt_word(),
+            opt_word(),
+            proptest::option::of(proptest::sample::select(
+                tokenmeter_schemas::AgentStep::ALL.to_vec(),
+            )),
+        ));
+        let usage = proptest::array::uniform5(0..=tokenmeter_schemas::MAX_TOKENS / 2);
+        (
+            (word(), word(), word(), opt_word()),
+            agent,
+            (opt_word(), opt_word(), opt_word()),
+            usage,
+            (proptest::option::of(any::<u64>()), any::<bool>()),
+            (
+                946_684_800_000_000i64..1_700_000_000_000_000,
+                -14i32..=14,
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, source, tenant, operation),
+                    agent,
+                    (channel, key, user),
+                    u,
+                    (latency, error),
+                    (micros, hours, model_p),
+                )| {
+                    let offset = chrono::FixedOffset::east_opt(hours * 3600).unwrap();
+                    let time = chrono::DateTime::from_timestamp_micros(micros)
+                        .unwrap()
+                        .with_timezone(&offset)
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+                    let mut data = serde_json::json!({
+                        "provider": if model_p { "p" } else { "other" },
+                        "model": "m",
+                        "usage": {
+                            "input_tokens": u[0].max(u[1] + u[2]),
+                            "cache_read_input_tokens": u[1],
+                            "cache_creation_input_tokens": u[2],
+                            "output_tokens": u[3].max(u[4]),
+                            "reasoning_output_tokens": u[4],
+                        },
+                        "status": if error { "error" } else { "ok" },
+                    });
+                    let d = data.as_object_mut().unwrap();
+                    for (k, v) in [
+                        ("operation", operation),
+                        ("channel", channel),
+                        ("api_key_id", key),
+                        ("user_id", user),
+                    ] {
+                        if let Some(v) = v {
+                            d.insert(k.into(), v.into());
+                        }
+                    }
+                    if let Some(l) = latency {
+                        d.insert("latency_ms".into(), l.into());
+                    }
+                    if let Some((id, name, run, step)) = agent {
+                        let mut a = serde_json::json!({ "id": id });
+                        let o = a.as_object_mut().unwrap();
+                        for (k, v) in [("name", name), ("run_id", run)] {
+                            if let Some(v) = v {
+                                o.insert(k.into(), v.into());
+                            }
+                        }
+                        if let Some(s) = step {
+                            o.insert("step".into(), s.as_str().into());
+                        }
+                        d.insert("agent".into(), a);
+                    }
+                    serde_json::json!({
+                        "specversion": "1.0", "type": "gen_ai.usage", "id": id,
+                        "source": source, "time": time, "subject": tenant, "data": data,
+                    })
+                },
+            )
+    }
+
+    proptest! {
+        /// The way back: every stored row yields the content, and so the fingerprint, of the
+        /// event it was written from — what lets the lake leave the fingerprint out.
+        #[test]
+        fn stored_rows_give_back_each_events_content_and_fingerprint(
+            events in proptest::collection::vec(event_json(), 1..40)
+        ) {
+            let book = PriceBook::parse(BOOK, "t").unwrap();
+            let priced: Vec<PricedEvent> = events
+                .iter()
+                .enumerate()
+                .map(|(i, j)| {
+                    let e = decode_event(j.to_string().as_bytes(), &DecodeOptions::default())
+                        .unwrap_or_else(|e| panic!("{j}: {e}"));
+                    PricedEvent::new(e, &book, 0, i as i64)
+                })
+                .collect();
+            let refs: Vec<&PricedEvent> = priced.iter().collect();
+            let batch = events_batch("t", &refs).unwrap();
+            // As the lake reads it back: only the content columns, in another order.
+            let mut names = CONTENT_COLUMNS;
+            names.reverse();
+            let idx: Vec<usize> = names.iter().map(|n| batch.schema().index_of(n).unwrap()).collect();
+            let projected = batch.project(&idx).unwrap();
+            let stored = StoredContent::new(&projected).unwrap();
+            for (i, p) in priced.iter().enumerate() {
+                let c = stored.content(i);
+                prop_assert_eq!(c, Content::of(&p.event));
+                prop_assert_eq!(c.fingerprint(), p.fingerprint);
+                prop_assert_eq!(p.fingerprint, fingerprint(&p.event));
+            }
+        }
+    }
+
+    fn one_event_batch(agent: bool) -> RecordBatch {
+        let agent = if agent { r#","agent":{"id":"a1"}"# } else { "" };
+        let json = format!(
+            r#"{{"specversion":"1.0","type":"gen_ai.usage","id":"e1","source":"s","time":"2026-01-01T10:00:00Z","subject":"t1","data":{{"provider":"p","model":"m","usage":{{"input_tokens":3,"output_tokens":4}}{agent}}}}}"#
+        );
+        let e = decode_event(json.as_bytes(), &DecodeOptions::default()).unwrap();
+        let p = PricedEvent::new(e, &PriceBook::parse(BOOK, "t").unwrap(), 0, 0);
+        events_batch("t", &[&p]).unwrap()
+    }
+
+    #[test]
+    fn content_differs_with_each_field() {
+        let b = one_event_batch(true);
+        let stored = StoredContent::new(&b).unwrap();
+        let base = stored.content(0);
+        let mut variants = vec![
+            Content { id: "e2", ..base },
+            Content {
+                source: "s2",
+                ..base
+            },
+            Content {
+                time_micros: base.time_micros + 1,
+                ..base
+            },
+            Content {
+                tenant_id: "t2",
+                ..base
+            },
+            Content {
+                provider: "p2",
+                ..base
+            },
+            Content {
+                model: "m2",
+                ..base
+            },
+            Content {
+                operation: Some(""),
+                ..base
+            },
+            Content {
+                agent: None,
+                ..base
+            },
+            Content {
+                channel: Some("c"),
+                ..base
+            },
+            Content {
+                api_key_id: Some("k"),
+                ..base
+            },
+            Content {
+                user_id: Some("u"),
+                ..base
+            },
+            Content {
+                latency_ms: Some(0),
+                ..base
+            },
+            Content {
+                status: "error",
+                ..base
+            },
+        ];
+        for k in 0..5 {
+            let mut tokens = base.tokens;
+            tokens[k] += 1;
+            variants.push(Content { tokens, ..base });
+        }
+        let a = base.agent.unwrap();
+        for agent in [
+            AgentContent { id: "a2", ..a },
+            AgentContent {
+                name: Some(""),
+                ..a
+            },
+            AgentContent {
+                run_id: Some(""),
+                ..a
+            },
+            AgentContent {
+                step: Some("act"),
+                ..a
+            },
+        ] {
+            variants.push(Content {
+                agent: Some(agent),
+                ..base
+            });
+        }
+        // Moving a string between neighbouring fields changes the hash too.
+        variants.push(Content {
+            id: "e1s",
+            source: "",
+            ..base
+        });
+        let mut seen = std::collections::HashSet::from([base.fingerprint()]);
+        for v in &variants {
+            assert!(seen.insert(v.fingerprint()), "{v:?} collides");
+        }
+    }
+
+    #[test]
+    fn reading_back_names_the_broken_column() {
+        let b = one_event_batch(true);
+        let without = b.project(&[0, 1]).unwrap();
+        let err = StoredContent::new(&without).unwrap_err().to_string();
+        assert!(err.contains("no column event_time"), "{err}");
+
+        let i = b.schema().index_of("agent_id").unwrap();
+        let mut cols = b.columns().to_vec();
+        cols[i] = arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, 1);
+        let no_agent_id = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let err = StoredContent::new(&no_agent_id).unwrap_err().to_string();
+        assert!(err.contains("no agent_id"), "{err}");
+
+        let i = b.schema().index_of("latency_ms").unwrap();
+        let mut cols = b.columns().to_vec();
+        cols[i] = Arc::new(arrow::array::Int32Array::from(vec![Some(1)]));
+        let fields: Vec<_> = b
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                if k == i {
+                    Arc::new(arrow::datatypes::Field::new(
+                        "latency_ms",
+                        arrow::datatypes::DataType::Int32,
+                        true,
+                    ))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect();
+        let wrong =
+            RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols).unwrap();
+        let err = StoredContent::new(&wrong).unwrap_err().to_string();
+        assert!(err.contains("column latency_ms is Int32"), "{err}");
+    }
 }

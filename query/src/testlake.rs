@@ -214,8 +214,6 @@ fn events_batch(topic: &str, partition: i32, evs: &[(i64, &Ev)]) -> RecordBatch 
             "kafka_topic" => strings(evs.iter().map(|_| Some(topic))),
             "kafka_partition" => Arc::new(Int32Array::from(vec![partition; evs.len()])),
             "kafka_offset" => ints(evs.iter().map(|(o, _)| *o)),
-            // Queries never read it; any value per row will do.
-            "content_fingerprint" => ints(evs.iter().map(|(o, _)| *o)),
             _ => return usage_column(name, &reported, &tokens, &costs),
         };
         Some(col)

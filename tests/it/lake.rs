@@ -318,7 +318,6 @@ fn columns_are_encoded_for_their_values_and_rollups_cluster_by_tenant() {
     for f in &events {
         for unique in [
             "event_id",
-            "content_fingerprint",
             "latency_ms",
             "input_tokens",
             "tokens_output",
