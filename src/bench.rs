@@ -133,7 +133,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     let (table, doc) = result?;
-    println!("{table}");
+    outln!("{table}");
     std::fs::write(&a.out, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("bench: results written to {}", a.out.display());

@@ -91,7 +91,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     cluster
         .create_topic("usage.events.dlq", 1, 1)
         .context("creating the dead-letter topic")?;
-    println!(
+    outln!(
         "tokenmeter demo: Kafka mock cluster at {brokers}, topic {topic} ({} partitions)",
         a.partitions
     );
@@ -158,7 +158,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     pb_agg.set_position(metrics.consumed.load(Relaxed));
     pb_agg.finish_with_message("aggregated");
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "\naggregated {} events into the lake and {} invalid messages into usage.events.dlq in {:.1}s ({:.0} messages/s end to end, generation and production included)",
         summary.committed_events,
         summary.dead_lettered,
@@ -193,7 +193,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         tz: chrono_tz::UTC,
         source: Source::Auto,
     };
-    println!("\nCost report for the largest tenant, {top}, {start} to {end} (exclusive), UTC:");
+    outln!("\nCost report for the largest tenant, {top}, {start} to {end} (exclusive), UTC:");
     let cost = tokenmeter_query::cost_report(&ctx, &params).await?;
     tokenmeter_query::write_batches(
         &tokenmeter_query::cost_table_with_totals(&cost)?,
@@ -205,22 +205,22 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         tz: chrono_tz::Asia::Shanghai,
         ..params
     };
-    println!("\nAgent share per tenant and month, Asia/Shanghai:");
+    outln!("\nAgent share per tenant and month, Asia/Shanghai:");
     let share = tokenmeter_query::agent_share_report(&ctx, &params, Granularity::Month).await?;
     tokenmeter_query::write_batches(&share, Format::Table, None)?;
 
     let dir = a.data_dir.display();
-    println!(
+    outln!(
         "\nThe lake is in {dir}: raw events in {dir}/events/date=*/, hourly rollups in {dir}/rollups/hourly/date=*/,"
     );
-    println!("commit state in {dir}/_state/. Try:");
-    println!(
+    outln!("commit state in {dir}/_state/. Try:");
+    outln!(
         "  tokenmeter report cost --data-dir {dir} --from {start} --to {end} --tz Asia/Shanghai"
     );
-    println!(
+    outln!(
         "  tokenmeter report agent-share --data-dir {dir} --from {start} --to {end} --granularity week"
     );
-    println!(
+    outln!(
         "  tokenmeter sql --data-dir {dir} \"SELECT tenant_id, sum(cost) FROM usage_hourly GROUP BY 1 ORDER BY 2 DESC LIMIT 5\""
     );
     Ok(())

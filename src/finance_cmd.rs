@@ -188,13 +188,14 @@ pub async fn run_reprice(r: RepriceArgs) -> Result<()> {
     .await?
     {
         Repriced::NoChange { events } => {
-            println!(
+            outln!(
                 "no change: the book prices all {events} events of {}..{} as the lake does; nothing written",
-                a.from, a.to
+                a.from,
+                a.to
             );
         }
         Repriced::Restated(r) => {
-            println!(
+            outln!(
                 "restatement {} of {}..{} by {} at {} (book {} {}), {} files:",
                 r.generation,
                 r.from,
@@ -205,20 +206,24 @@ pub async fn run_reprice(r: RepriceArgs) -> Result<()> {
                 r.prices_hash,
                 r.files.len()
             );
-            print_totals(&r);
+            print_totals(&r)?;
         }
     }
     Ok(())
 }
 
-fn print_totals(r: &tokenmeter_schemas::layout::Restatement) {
-    println!(
+fn print_totals(r: &tokenmeter_schemas::layout::Restatement) -> Result<()> {
+    outln!(
         "{:<24} {:>8} {:>10} {:>26} {:>26}",
-        "tenant", "currency", "events", "old cost", "new cost"
+        "tenant",
+        "currency",
+        "events",
+        "old cost",
+        "new cost"
     );
     for t in &r.totals {
         let n = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<24} {:>8} {:>10} {:>26} {:>26}",
             t.tenant_id,
             t.currency.as_deref().unwrap_or("unpriced"),
@@ -227,6 +232,7 @@ fn print_totals(r: &tokenmeter_schemas::layout::Restatement) {
             n(&t.new_cost)
         );
     }
+    Ok(())
 }
 
 /// Compact dates once they are quiet (yesterday and before): batches committed after a
@@ -241,12 +247,13 @@ pub async fn run_compact(c: CompactArgs) -> Result<()> {
     let a = c.range;
     eprintln!("compacting {}..{} (UTC dates) …", a.from, a.to);
     match reprice::compact(&a.data_dir, a.from, a.to, &who(&a.by), Utc::now()).await? {
-        Compacted::NoChange { events } => println!(
+        Compacted::NoChange { events } => outln!(
             "nothing to compact: every date of {}..{} has at most one file per table ({events} events)",
-            a.from, a.to
+            a.from,
+            a.to
         ),
         Compacted::Compacted { manifest, dates } => {
-            println!(
+            outln!(
                 "compaction {} of {}..{} by {} at {}:",
                 manifest.generation,
                 manifest.from,
@@ -254,12 +261,16 @@ pub async fn run_compact(c: CompactArgs) -> Result<()> {
                 manifest.created_by,
                 manifest.created_at.to_rfc3339()
             );
-            println!(
+            outln!(
                 "{:<10} {:>10} {:>12} {:>14} {:>14}",
-                "date", "events", "files", "bytes before", "bytes after"
+                "date",
+                "events",
+                "files",
+                "bytes before",
+                "bytes after"
             );
             for d in &dates {
-                println!(
+                outln!(
                     "{:<10} {:>10} {:>7} -> 2 {:>14} {:>14}",
                     d.date.to_string(),
                     d.events,
@@ -268,7 +279,7 @@ pub async fn run_compact(c: CompactArgs) -> Result<()> {
                     d.bytes_after
                 );
             }
-            println!(
+            outln!(
                 "the original files stay on disk (views as of earlier cuts and the aggregator's dedupe read them)"
             );
         }
@@ -285,14 +296,14 @@ pub struct RestatementsArgs {
 pub fn run_restatements(a: RestatementsArgs) -> Result<()> {
     let all = reprice::restatements(&a.data_dir)?;
     if all.is_empty() {
-        println!("no restatements: every cost is as the aggregator priced it");
+        outln!("no restatements: every cost is as the aggregator priced it");
     }
     for r in all {
         let what = match r.kind {
             RestatementKind::Reprice => format!("book {} {}", r.prices_path, r.prices_hash),
             RestatementKind::Compaction => "compaction: rows and costs unchanged".to_string(),
         };
-        println!(
+        outln!(
             "\nrestatement {} of {}..{} by {} at {} ({what})",
             r.generation,
             r.from,
@@ -300,7 +311,7 @@ pub fn run_restatements(a: RestatementsArgs) -> Result<()> {
             r.created_by,
             r.created_at.to_rfc3339(),
         );
-        print_totals(&r);
+        print_totals(&r)?;
     }
     Ok(())
 }
@@ -323,7 +334,7 @@ pub struct CloseArgs {
 pub fn run_close(a: CloseArgs) -> Result<()> {
     let month = periods::parse_month(&a.month)?;
     match periods::close_month(&a.data_dir, month, a.tz, &who(&a.by), Utc::now())? {
-        Closed::Now(c) => println!(
+        Closed::Now(c) => outln!(
             "closed {} ({}) at {} by {}: its invoices are frozen at the lake's offsets of now; later events of the month go to the next open month's invoice as adjustments (`tokenmeter report adjustments --month {}`)",
             c.month,
             c.tz,
@@ -331,7 +342,7 @@ pub fn run_close(a: CloseArgs) -> Result<()> {
             c.closed_by,
             periods::month_name(periods::next_month(month))
         ),
-        Closed::Already(c) => println!(
+        Closed::Already(c) => outln!(
             "{} was already closed at {} by {}; nothing changed",
             c.month,
             c.closed_at.to_rfc3339(),
@@ -407,7 +418,7 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
     };
     let tenant = a.tenant.as_deref().unwrap_or("");
     let billing = book.billing_currency(tenant).to_string();
-    println!(
+    outln!(
         "{provider}/{} at {}{}",
         a.model,
         at.to_rfc3339(),
@@ -416,14 +427,14 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
             .map(|t| format!(" for tenant {t} (billed in {billing})"))
             .unwrap_or_default()
     );
-    println!("\nlist price history (per 1M tokens):");
+    outln!("\nlist price history (per 1M tokens):");
     for e in book.list().history(&provider, &a.model) {
         let mark = if book.lookup(&provider, &a.model, at) == Some(e) {
             "→"
         } else {
             " "
         };
-        println!(
+        outln!(
             "  {mark} line {:>4}  {}  {}: {}",
             e.line,
             range(e),
@@ -432,19 +443,19 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
         );
     }
     let Some((entry, source)) = book.tenant_price(tenant, &provider, &a.model, at) else {
-        println!(
+        outln!(
             "\nno price is in force at {}: usage then is stored unpriced (cost null) until a price is added and the period repriced",
             at.to_rfc3339()
         );
         return Ok(());
     };
     match source {
-        PriceSource::List => println!(
+        PriceSource::List => outln!(
             "\napplies: the list entry on line {} (in force since {})",
             entry.line,
             entry.effective_from.to_rfc3339()
         ),
-        PriceSource::Override => println!(
+        PriceSource::Override => outln!(
             "\napplies: tenant {tenant}'s contract price on line {}, {} {}: {} (replaces the list price)",
             entry.line,
             range(entry),
@@ -454,12 +465,12 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
     }
     let Some(c) = a.tenant.as_deref().and_then(|t| book.contract(t)) else {
         if a.tenant.is_some() {
-            println!("tenant {tenant} has no contract: list prices, billed in {billing}");
+            outln!("tenant {tenant} has no contract: list prices, billed in {billing}");
         }
         return Ok(());
     };
     match c.discount(&provider, &a.model, at) {
-        Some(d) => println!(
+        Some(d) => outln!(
             "discount: {}% (line {}, scope {}{})",
             format_percent(d.percent),
             d.line,
@@ -474,7 +485,7 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
                 ""
             }
         ),
-        None => println!("discount: none"),
+        None => outln!("discount: none"),
     }
     for (b, name) in Buckets::NAMES.iter().enumerate() {
         if let Some(t) = c.tier(&provider, &a.model, b) {
@@ -490,7 +501,7 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "tier ({name}): {} {} on the month's tokens (line {}): {}",
                 t.scope(),
                 if t.mode == TierMode::Volume {
@@ -505,14 +516,14 @@ pub fn run_show(a: ShowArgs) -> Result<()> {
     }
     if entry.currency != billing {
         match book.fx_entry(&entry.currency, &billing, at.date_naive()) {
-            Some(r) => println!(
+            Some(r) => outln!(
                 "fx: 1 {} = {} {} (effective {})",
                 r.from,
                 format_fx(r.rate),
                 r.to,
                 r.effective
             ),
-            None => println!(
+            None => outln!(
                 "fx: no {}→{billing} rate in force on {}: invoices for that day fail until one is added",
                 entry.currency,
                 at.date_naive()

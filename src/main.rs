@@ -4,6 +4,16 @@
 //! This file parses arguments and wires the library crates together; the work is done in
 //! `tokenmeter-ingest`, `tokenmeter-aggregate` and `tokenmeter-query`.
 
+/// `println!` for a command's output, returning an error where `println!` would panic: when
+/// stdout is closed (`tokenmeter restatements | head` reads ten lines and goes). `main` ends
+/// quietly on that error ([`output_closed`]). Usable in functions returning `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod bench;
 mod config;
 mod demo;
@@ -437,11 +447,23 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output has gone (`| head`): what it read was complete, and nothing is
+        // left to say to it.
+        Err(e) if output_closed(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a write to a closed pipe (`EPIPE`: Rust ignores `SIGPIPE`, so writes fail
+/// instead of killing the process; the servers rely on that for their sockets).
+fn output_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The error and its causes, each cause only if the text so far does not already say it (many
@@ -546,7 +568,7 @@ async fn run(cli: Cli) -> Result<()> {
             let version = ch.version().await?;
             ch.init().await?;
             let t = ch.target();
-            println!(
+            outln!(
                 "ClickHouse {version} at {}: database {}, table {}, views {} and {}.{} ready",
                 t.url,
                 t.database,

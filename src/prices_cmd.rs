@@ -65,14 +65,14 @@ pub fn run(a: ImportLitellmArgs) -> Result<()> {
     }
     write_atomically(&a.out, imp.toml.as_bytes())?;
 
-    println!(
+    outln!(
         "wrote {} price entries to {} (effective from {})",
         imp.written,
         a.out.display(),
         a.effective_from
     );
     if imp.filtered_out > 0 {
-        println!(
+        outln!(
             "left out {} entries of providers not in --providers",
             imp.filtered_out
         );
@@ -81,30 +81,30 @@ pub fn run(a: ImportLitellmArgs) -> Result<()> {
     for s in &imp.skipped {
         *by_kind.entry(s.kind).or_default() += 1;
     }
-    println!("skipped {} entries:", imp.skipped.len());
+    outln!("skipped {} entries:", imp.skipped.len());
     for (kind, n) in &by_kind {
-        println!("  {n:>5}  {}", kind.describe());
+        outln!("  {n:>5}  {}", kind.describe());
     }
     if !imp.tiered.is_empty() {
-        println!(
+        outln!(
             "{} written entries also have long-context tiers (…_above_200k_tokens) a price book \
              cannot express: their base rates were used",
             imp.tiered.len()
         );
     }
     if a.verbose {
-        println!("skipped models:");
+        outln!("skipped models:");
         for s in &imp.skipped {
-            println!("  {:?}: {}", s.model, s.reason);
+            outln!("  {:?}: {}", s.model, s.reason);
         }
         if !imp.tiered.is_empty() {
-            println!("models with tiers (base rates used):");
+            outln!("models with tiers (base rates used):");
             for m in &imp.tiered {
-                println!("  {m:?}");
+                outln!("  {m:?}");
             }
         }
     } else if !imp.skipped.is_empty() {
-        println!("(--verbose lists each skipped model and why)");
+        outln!("(--verbose lists each skipped model and why)");
     }
     Ok(())
 }

@@ -79,9 +79,17 @@ pub fn write_batches(batches: &[RecordBatch], format: Format, out: Option<&Path>
                 target: "stdout".into(),
                 source,
             };
-            let mut w = BufWriter::new(std::io::stdout());
-            write_to(batches, format, &mut w)?;
-            w.flush().map_err(io)
+            let mut w = ClosedAware {
+                inner: BufWriter::new(std::io::stdout()),
+                closed: false,
+            };
+            let written = write_to(batches, format, &mut w).and_then(|()| w.flush().map_err(io));
+            match written {
+                // Some writers keep only the text of an I/O error (arrow's CSV writer): give the
+                // caller the kind back, so a closed pipe (`| head`) can end the command quietly.
+                Err(_) if w.closed => Err(io(std::io::ErrorKind::BrokenPipe.into())),
+                r => r,
+            }
         }
         Some(path) => {
             let io = |source| Error::Io {
@@ -96,6 +104,32 @@ pub fn write_batches(batches: &[RecordBatch], format: Format, out: Option<&Path>
                 .sync_all()
                 .map_err(io)
         }
+    }
+}
+
+/// A writer that remembers whether a write failed because its reader has gone (`EPIPE`).
+struct ClosedAware<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> ClosedAware<W> {
+    fn note<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            self.closed |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        r
+    }
+}
+
+impl<W: Write> Write for ClosedAware<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
     }
 }
 

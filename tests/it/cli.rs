@@ -188,6 +188,38 @@ fn demo_then_reports_in_every_format_match_the_truth() {
         n.lines().nth(1).unwrap(),
         format!("{},{}", valid.len(), valid.len())
     );
+
+    // A reader that stops reading (`| head`): the output commands end quietly, no panic, no
+    // error. The pipe's read end is closed before the command starts, so every write fails.
+    let all_rows = "SELECT * FROM usage_events";
+    for args in [
+        vec!["sql", "--data-dir", lake_s, all_rows],
+        vec!["sql", "--data-dir", lake_s, "--format", "csv", all_rows],
+        vec!["sql", "--data-dir", lake_s, "--format", "json", all_rows],
+        vec!["restatements", "--data-dir", lake_s],
+        vec![
+            "demo",
+            "--events",
+            "100",
+            "--data-dir",
+            dir.path().join("d2").to_str().unwrap(),
+        ],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_tokenmeter"))
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked") && !stderr.contains("error"),
+            "tokenmeter {args:?} into a closed pipe: {:?}\n{stderr}",
+            out.status
+        );
+    }
 }
 
 /// The gateways' commands and the aggregator as separate processes against one broker (the
