@@ -381,3 +381,78 @@ fn columns_are_encoded_for_their_values_and_rollups_cluster_by_tenant() {
         rollups.len()
     );
 }
+
+/// Rollup files have small data pages (`ROLLUP_PAGE_ROWS`), so a one-tenant query decodes few
+/// other tenants' rows; raw-event files keep parquet-rs's larger pages. The same rows (a
+/// committed rollup file's, repeated past several page limits) are written as each table.
+#[test]
+fn rollup_pages_are_small_and_raw_event_pages_are_not() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use tokenmeter_aggregate::lake::{ROLLUP_PAGE_ROWS, write_file_atomic};
+    use tokenmeter_schemas::layout::{EVENTS_DIR, ROLLUPS_DIR};
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path(), LakeOptions::default()).unwrap();
+    let (_, evs) = events(3_000);
+    run(&lake, &evs, 0, evs.len()).unwrap();
+    let rollups: Vec<_> = crate::support::files_under(dir.path())
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/rollups/")
+                && p.extension().is_some_and(|x| x == "parquet")
+        })
+        .collect();
+    let one = crate::support::read_parquet_files(&rollups);
+    let one = datafusion::arrow::compute::concat_batches(&one[0].schema(), &one).unwrap();
+    let copies = (5 * ROLLUP_PAGE_ROWS).div_ceil(one.num_rows());
+    let rows = copies * one.num_rows();
+    let batch =
+        datafusion::arrow::compute::concat_batches(&one.schema(), &vec![one.clone(); copies])
+            .unwrap();
+    assert!((5 * ROLLUP_PAGE_ROWS..20_000).contains(&rows), "{rows}");
+
+    // Rows per data page of each column of the file's only row group.
+    let pages = |path: &std::path::Path| -> Vec<Vec<i64>> {
+        let opts = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+            .with_page_index()
+            .build();
+        let r = SerializedFileReader::new_with_options(std::fs::File::open(path).unwrap(), opts)
+            .unwrap();
+        let md = r.metadata();
+        assert_eq!(md.num_row_groups(), 1);
+        let n = md.row_group(0).num_rows();
+        md.offset_index().unwrap()[0]
+            .iter()
+            .map(|col| {
+                let starts: Vec<i64> = col
+                    .page_locations()
+                    .iter()
+                    .map(|p| p.first_row_index)
+                    .collect();
+                starts
+                    .iter()
+                    .zip(starts.iter().skip(1).chain([&n]))
+                    .map(|(a, b)| b - a)
+                    .collect()
+            })
+            .collect()
+    };
+    let out = tempfile::tempdir().unwrap();
+    for (table, small) in [(ROLLUPS_DIR, true), (EVENTS_DIR, false)] {
+        let path = out
+            .path()
+            .join(format!("{}.parquet", table.replace('/', "_")));
+        write_file_atomic(&path, table, &batch).unwrap();
+        for (c, col) in pages(&path).iter().enumerate() {
+            assert_eq!(col.iter().sum::<i64>(), rows as i64);
+            if small {
+                assert!(col.len() >= 5, "{table} column {c}: {col:?}");
+                assert!(
+                    col.iter().all(|&n| n <= ROLLUP_PAGE_ROWS as i64),
+                    "{table} column {c}: {col:?}"
+                );
+            } else {
+                assert_eq!(col.len(), 1, "{table} column {c}: {col:?}");
+            }
+        }
+    }
+}
