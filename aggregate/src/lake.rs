@@ -631,15 +631,8 @@ impl Lake {
             };
             let file = File::open(&path).map_err(Error::io("open", &path))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(dec)?;
-            let schema = builder.schema().clone();
-            let mut roots = Vec::with_capacity(CONTENT_COLUMNS.len());
-            for name in CONTENT_COLUMNS {
-                roots.push(schema.index_of(name).map_err(|_| Error::Encode {
-                    what: "dedupe keys (reading parquet)",
-                    message: format!("{}: no column {name}", path.display()),
-                })?);
-            }
-            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            // A column the file lacks is left out here and named by `StoredContent::new`.
+            let mask = ProjectionMask::columns(builder.parquet_schema(), CONTENT_COLUMNS);
             let reader = builder.with_projection(mask).build().map_err(dec)?;
             for batch in reader {
                 let batch = batch.map_err(|e| Error::Encode {
