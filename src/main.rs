@@ -457,13 +457,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Whether `e` is a write to a closed pipe (`EPIPE`: Rust ignores `SIGPIPE`, so writes fail
-/// instead of killing the process; the servers rely on that for their sockets).
+/// Whether `e` is a write to our stdout after its reader has gone (`EPIPE`: Rust ignores
+/// `SIGPIPE`, so writes fail instead of killing the process; the servers rely on that for their
+/// sockets). Both must hold: a `BrokenPipe` from a socket (ClickHouse, a webhook) while stdout
+/// is still read is a failure to report.
 fn output_closed(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+    let broken_pipe = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    });
+    broken_pipe && stdout_reader_gone()
+}
+
+/// Whether stdout is a pipe (or socket) whose reader has gone: it polls as `POLLERR`. A file or
+/// a terminal never does.
+fn stdout_reader_gone() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `fd` is one valid pollfd, borrowed exclusively for the call, and `nfds` is 1;
+    // a timeout of 0 returns at once. poll(2) only writes `revents`.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & libc::POLLERR != 0
 }
 
 /// The error and its causes, each cause only if the text so far does not already say it (many
