@@ -30,8 +30,8 @@ pub struct AggregateFile {
     pub instance_id: Option<String>,
     /// Flush a partition's batch at this many messages (default 250000).
     pub flush_max_messages: Option<usize>,
-    /// Messages held in all partitions' batches together; beyond it the largest batch is
-    /// flushed (default 500000).
+    /// Messages held in all partitions' batches together, open and committing; the largest open
+    /// batch is flushed once the open ones hold half of it (default 500000).
     pub max_buffered_messages: Option<usize>,
     /// Flush a partition's batch when its first message is this many seconds old (default 10).
     pub flush_interval_secs: Option<f64>,

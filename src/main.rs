@@ -147,8 +147,10 @@ struct AggregateArgs {
     /// Flush a partition's batch at this many messages [default: 250000].
     #[arg(long, env = "TOKENMETER_FLUSH_MAX_MESSAGES")]
     flush_max_messages: Option<usize>,
-    /// Messages held in all partitions' batches together; beyond it the largest batch is
-    /// flushed, which bounds memory however many partitions are assigned [default: 500000].
+    /// Messages held in all partitions' batches together, open and committing: the largest
+    /// open batch is flushed once the open ones hold half of it, and consumption waits for a
+    /// commit when all of them reach it. Bounds memory however many partitions are assigned
+    /// [default: 500000].
     #[arg(long, env = "TOKENMETER_MAX_BUFFERED_MESSAGES")]
     max_buffered_messages: Option<usize>,
     /// Flush a partition's batch when its first message is this many seconds old [default: 10].

@@ -11,8 +11,9 @@
 //! event of any stored date is found, at the price of one load of that date.
 //!
 //! Invariant (ARCHITECTURE.md, "Retry dedupe"): the index holds only keys of committed raw
-//! events plus keys of the partition's current uncommitted batch. Dates that hold keys of the
-//! uncommitted batch are never evicted; the whole index is dropped with the batch when the
+//! events plus keys of the partition's uncommitted batches: the open one and, while the
+//! aggregator commits it, the one before ([`DedupeIndex::seal`]). Dates that hold keys of an
+//! uncommitted batch are never evicted; the whole index is dropped with the batches when the
 //! partition is revoked or the process dies, and is rebuilt from committed files only.
 //!
 //! Keys are 128-bit XXH3 hashes of (source, id) (a false "duplicate" needs a 128-bit collision:
@@ -193,8 +194,9 @@ struct DateSet {
     keys: HashMap<Key, u64>,
     /// Logical time of the last use, for LRU eviction.
     used: u64,
-    /// Holds keys of the uncommitted batch: not evictable until [`DedupeIndex::committed`].
-    pending: bool,
+    /// The newest batch ([`DedupeIndex::seal`]'s number) that added keys to this date, 0 for
+    /// none: not evictable until that batch is [`DedupeIndex::committed`].
+    pending: u64,
 }
 
 /// The dedupe index of one Kafka partition. See the module docs.
@@ -205,6 +207,8 @@ pub struct DedupeIndex {
     max_keys: usize,
     clock: u64,
     evictions: u64,
+    /// Number of the open batch: the one [`DedupeIndex::check`] adds keys to.
+    open: u64,
 }
 
 impl DedupeIndex {
@@ -216,6 +220,7 @@ impl DedupeIndex {
             max_keys,
             clock: 0,
             evictions: 0,
+            open: 1,
         }
     }
 
@@ -235,7 +240,7 @@ impl DedupeIndex {
             DateSet {
                 keys: set,
                 used: self.clock,
-                pending: false,
+                pending: 0,
             },
         );
         if let Some(old) = old {
@@ -244,8 +249,8 @@ impl DedupeIndex {
         self.evict(Some(date));
     }
 
-    /// Look an event up and, if new, record it as part of the uncommitted batch. The date must
-    /// be loaded.
+    /// Look an event up and, if new, record it as part of the open batch. The date must be
+    /// loaded.
     pub fn check(&mut self, date: NaiveDate, key: Key, fingerprint: u64) -> Verdict {
         self.clock += 1;
         let set = self
@@ -258,17 +263,28 @@ impl DedupeIndex {
             Some(&fp) => Verdict::Conflict { stored: fp },
             None => {
                 set.keys.insert(key, fingerprint);
-                set.pending = true;
+                set.pending = self.open;
                 self.keys += 1;
                 Verdict::New
             }
         }
     }
 
-    /// The uncommitted batch is now committed: its dates become evictable.
-    pub fn committed(&mut self) {
+    /// Close the open batch (it goes to be committed) and open the next; returns the closed
+    /// batch's number, for [`DedupeIndex::committed`]. Keys of the closed batch stay in the
+    /// index, pending, so the next batch's retries of them are found while it commits.
+    pub fn seal(&mut self) -> u64 {
+        self.open += 1;
+        self.open - 1
+    }
+
+    /// The sealed batch `batch` (and every one before it) is now committed: dates that hold no
+    /// keys of a later batch become evictable.
+    pub fn committed(&mut self, batch: u64) {
         for s in self.dates.values_mut() {
-            s.pending = false;
+            if s.pending <= batch {
+                s.pending = 0;
+            }
         }
         self.evict(None);
     }
@@ -279,7 +295,7 @@ impl DedupeIndex {
             let victim = self
                 .dates
                 .iter()
-                .filter(|(d, s)| !s.pending && Some(**d) != keep)
+                .filter(|(d, s)| s.pending == 0 && Some(**d) != keep)
                 .min_by_key(|(_, s)| s.used)
                 .map(|(d, _)| *d);
             let Some(d) = victim else { break };
@@ -350,8 +366,30 @@ mod tests {
         ix.load(d(4), [(9, 9), (10, 10)]);
         // d(2) pending: kept though over budget; d(3) evicted (empty, not pending).
         assert!(ix.is_loaded(d(2)));
-        ix.committed();
+        let sealed = ix.seal();
+        ix.committed(sealed);
         assert!(ix.len() <= 3, "{}", ix.len());
         assert!(ix.is_loaded(d(4)), "the most recently loaded date stays");
+    }
+
+    #[test]
+    fn a_committing_batch_does_not_release_the_open_batchs_dates() {
+        let mut ix = DedupeIndex::new(1);
+        ix.load(d(1), []);
+        assert_eq!(ix.check(d(1), 1, 1), Verdict::New);
+        let first = ix.seal(); // batch 1 goes to be committed; batch 2 is open
+        ix.load(d(2), []);
+        assert_eq!(ix.check(d(2), 2, 2), Verdict::New);
+        // A retry of batch 1's event, seen while batch 1 commits, is still a duplicate.
+        assert_eq!(ix.check(d(1), 1, 1), Verdict::Duplicate);
+        ix.committed(first);
+        // d(1) holds only committed keys now: evictable. d(2) holds batch 2's: kept.
+        ix.load(d(3), []);
+        assert!(!ix.is_loaded(d(1)));
+        assert!(ix.is_loaded(d(2)), "a date of the open batch was evicted");
+        let second = ix.seal();
+        ix.committed(second);
+        ix.load(d(4), [(9, 9)]);
+        assert!(!ix.is_loaded(d(2)));
     }
 }

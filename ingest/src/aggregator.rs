@@ -6,6 +6,11 @@
 //! the batch is committed to the lake ([`tokenmeter_aggregate::lake`]), and only then is the Kafka
 //! offset committed (for lag tools; the lake's state, not Kafka, says where to resume).
 //!
+//! A flushed batch commits in the background while the loop goes on consuming: each partition
+//! has at most one batch committing (its next batch fills meanwhile and commits after it, in
+//! offset order), at most one commit per core runs at a time, and the batches held in memory,
+//! filling and committing, stay within `max_buffered_messages`.
+//!
 //! On every assignment, each partition is locked (the lake's per-partition `flock`: a zombie
 //! owner that the group has replaced keeps the lock, and the new owner waits for it rather than
 //! writing beside it), recovered in the lake, and the consumer is positioned at the lake's
@@ -21,6 +26,7 @@
 use crate::kafka::{client_config, producer_config, redacted};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
+use futures::StreamExt as _;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -57,9 +63,10 @@ pub struct AggregatorConfig {
     pub data_dir: PathBuf,
     /// Flush a partition's batch when it holds this many messages.
     pub flush_max_messages: usize,
-    /// Messages held in the batches of all partitions together: beyond it, the largest batch
-    /// is flushed. With many partitions, this bounds the aggregator's memory rather than
-    /// partitions × `flush_max_messages`.
+    /// Messages held in the batches of all partitions together, open and committing: the
+    /// largest open batch is flushed once the open ones hold half of it, and consumption waits
+    /// for a commit when all of them reach it. With many partitions, this bounds the
+    /// aggregator's memory rather than partitions × `flush_max_messages`.
     pub max_buffered_messages: usize,
     /// Flush a partition's batch when its first message is this old.
     pub flush_interval: Duration,
@@ -294,6 +301,11 @@ struct PartitionState {
     /// When this partition last made progress towards its resume offset (assigned, re-read
     /// from earlier, or a message below it arrived).
     resume_progress: Instant,
+    /// Which assignment of the partition this state belongs to: a commit that finishes after
+    /// its partition was revoked (and perhaps assigned again) must not touch the new state.
+    epoch: u64,
+    /// Messages of the batch being committed; 0 when none is.
+    committing: usize,
 }
 
 impl PartitionState {
@@ -317,6 +329,25 @@ const RESUME_STALL: Duration = Duration::from_secs(3);
 /// Re-reads from ever earlier offsets (1k, 10k, 100k, 1M back) before a gap at the resume point
 /// is taken as offsets the broker does not have.
 const MAX_REWINDS: u32 = 4;
+
+/// Source of [`PartitionState::epoch`]s.
+static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A batch's commit, running beside the loop.
+type Commit<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed>> + Send + 'a>>;
+
+/// What the loop applies to a partition's state when its batch's commit finishes.
+struct Committed {
+    partition: i32,
+    epoch: u64,
+    /// The batch's number in the partition's dedupe index ([`DedupeIndex::seal`]).
+    sealed: u64,
+    last: i64,
+    /// False if the partition was revoked before the commit succeeded: nothing was committed
+    /// and the next owner replays the batch.
+    done: bool,
+}
 
 /// Run the aggregator until `shutdown` resolves, `exit_when_idle` fires, or a fatal error.
 pub async fn run_aggregator(
@@ -423,15 +454,13 @@ pub async fn run_aggregator(
         producer: &producer,
     };
     let mut parts: HashMap<i32, PartitionState> = HashMap::new();
+    let mut commits = Commits::default();
     let mut last_message = Instant::now();
     let mut last_progress = Instant::now();
     let mut progress_base = 0u64;
-    // Messages in all partitions' batches; recomputed after every flush and on every tick
-    // (between ticks a revoked batch can leave it high, which at worst flushes early).
-    let mut buffered = 0usize;
     // Housekeeping (age-based flushes, stalled resumes, progress, the idle exit) runs on this
     // tick, not per message: per message, the loop only handles it and flushes its partition's
-    // batch once full (or the largest batch, past max_buffered_messages).
+    // batch once full (or the largest batch, when the batches held reach their budget).
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -439,6 +468,10 @@ pub async fn run_aggregator(
         let next = tokio::select! {
             biased;
             _ = &mut shutdown => { info!("shutdown requested: flushing"); break; }
+            Some(done) = commits.running.next(), if !commits.running.is_empty() => {
+                ctx.committed(&consumer, &mut parts, done?);
+                continue;
+            }
             _ = ticker.tick() => None,
             m = consumer.recv() => Some(m),
         };
@@ -448,7 +481,6 @@ pub async fn run_aggregator(
                 last_message = Instant::now();
                 metrics.consumed.fetch_add(1, Relaxed);
                 let p = msg.partition();
-                let before = batch_len(&parts, p);
                 if let Some((p, off)) = ctx.handle_message(&mut parts, &msg)
                     && let Err(e) =
                         consumer.seek(&cfg.topic, p, Offset::Offset(off), Duration::from_secs(10))
@@ -456,24 +488,11 @@ pub async fn run_aggregator(
                     warn!(partition = p, offset = off, error = %e, "seek failed; the next message retries it");
                 }
                 drop(msg);
-                buffered = (buffered + batch_len(&parts, p)).saturating_sub(before);
-                let full = if batch_len(&parts, p) >= cfg.flush_max_messages {
-                    Some(p)
-                } else if buffered >= cfg.max_buffered_messages {
-                    // The largest batch, whichever partition it is.
-                    parts
-                        .iter()
-                        .max_by_key(|(q, s)| (s.batch.as_ref().map_or(0, |b| b.messages), **q))
-                        .map(|(q, _)| *q)
-                } else {
-                    None
-                };
-                if let Some(q) = full
-                    && let Some(state) = parts.get_mut(&q)
-                {
-                    ctx.flush(&consumer, q, state).await?;
-                    buffered = total_buffered(&parts);
+                if batch_len(&parts, p) >= cfg.flush_max_messages {
+                    ctx.flush(&consumer, &mut parts, &mut commits, p).await?;
                 }
+                ctx.within_budget(&consumer, &mut parts, &mut commits)
+                    .await?;
                 continue;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -502,16 +521,25 @@ pub async fn run_aggregator(
                 warn!(partition = p, offset = off, error = %e, "seek failed; retried at the next check");
             }
         }
-        // Flush batches that are full or old, the partitions' commits side by side (each
-        // partition has its own files, state and lock), as many at once as there are cores:
-        // more would only hold more batches' Arrow and Parquet buffers in memory together.
-        let due = parts.iter_mut().filter(|(_, s)| {
-            s.batch.as_ref().is_some_and(|b| {
-                b.messages >= cfg.flush_max_messages || b.started.elapsed() >= cfg.flush_interval
+        // Start the commits of batches that are full or old and whose partition has no commit
+        // running, as many as there are free cores; the rest wait for a later tick.
+        let due: Vec<i32> = parts
+            .iter()
+            .filter(|(_, s)| {
+                s.committing == 0
+                    && s.batch.as_ref().is_some_and(|b| {
+                        b.messages >= cfg.flush_max_messages
+                            || b.started.elapsed() >= cfg.flush_interval
+                    })
             })
-        });
-        flush_all(&ctx, &consumer, due).await?;
-        buffered = total_buffered(&parts);
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            if commits.running.len() >= commits.cores {
+                break;
+            }
+            ctx.flush(&consumer, &mut parts, &mut commits, p).await?;
+        }
         if last_progress.elapsed() >= cfg.progress_interval {
             let consumed = metrics.consumed.load(Relaxed);
             let rate = (consumed - progress_base) as f64 / last_progress.elapsed().as_secs_f64();
@@ -547,7 +575,15 @@ pub async fn run_aggregator(
             break;
         }
     }
-    flush_all(&ctx, &consumer, parts.iter_mut()).await?;
+    // Every open batch, then every commit to its end.
+    let open: Vec<i32> = parts.keys().copied().collect();
+    for p in open {
+        ctx.flush(&consumer, &mut parts, &mut commits, p).await?;
+    }
+    while let Some(done) = commits.running.next().await {
+        ctx.committed(&consumer, &mut parts, done?);
+    }
+    drop(commits);
     // Offsets were committed asynchronously after each batch; make the last ones land.
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     if let Some(sink) = sink {
@@ -565,7 +601,7 @@ pub async fn run_aggregator(
     })
 }
 
-/// Messages in partition `p`'s batch (0 without one).
+/// Messages in partition `p`'s open batch (0 without one).
 fn batch_len(parts: &HashMap<i32, PartitionState>, p: i32) -> usize {
     parts
         .get(&p)
@@ -573,35 +609,21 @@ fn batch_len(parts: &HashMap<i32, PartitionState>, p: i32) -> usize {
         .map_or(0, |b| b.messages)
 }
 
-/// Messages in all partitions' batches.
-fn total_buffered(parts: &HashMap<i32, PartitionState>) -> usize {
-    parts
-        .values()
-        .filter_map(|s| s.batch.as_ref())
-        .map(|b| b.messages)
-        .sum()
+/// The commits running beside the loop.
+struct Commits<'a> {
+    running: futures::stream::FuturesUnordered<Commit<'a>>,
+    /// At most this many at once (the machine's cores): more would only hold more batches'
+    /// Arrow and Parquet buffers in memory together.
+    cores: usize,
 }
 
-/// Flush the batches of `states`, at most one commit per core at a time.
-async fn flush_all<'a>(
-    ctx: &Loop<'_>,
-    consumer: &StreamConsumer<Ctx>,
-    states: impl Iterator<Item = (&'a i32, &'a mut PartitionState)>,
-) -> Result<()> {
-    use futures::StreamExt;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut pending = Vec::new();
-    for (p, s) in states {
-        pending.push(ctx.flush(consumer, *p, s));
+impl Default for Commits<'_> {
+    fn default() -> Self {
+        Self {
+            running: futures::stream::FuturesUnordered::new(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
-    let mut running = futures::stream::FuturesUnordered::new();
-    let mut pending = pending.into_iter();
-    running.extend(pending.by_ref().take(cores));
-    while let Some(done) = running.next().await {
-        done?;
-        running.extend(pending.next());
-    }
-    Ok(())
 }
 
 /// What the consumer loop's steps share.
@@ -654,6 +676,8 @@ impl Loop<'_> {
                     resumed: false,
                     rewinds: 0,
                     resume_progress: Instant::now(),
+                    epoch: EPOCHS.fetch_add(1, Relaxed),
+                    committing: 0,
                 },
             );
         }
@@ -830,13 +854,29 @@ impl Loop<'_> {
             }
         }
     }
-    async fn flush(
-        &self,
+    /// Start committing partition `p`'s open batch: after its previous batch's commit (one
+    /// commit per partition at a time, in offset order) and once a core is free.
+    async fn flush<'c>(
+        &'c self,
         consumer: &StreamConsumer<Ctx>,
+        parts: &mut HashMap<i32, PartitionState>,
+        commits: &mut Commits<'c>,
         p: i32,
-        state: &mut PartitionState,
     ) -> Result<()> {
-        let cfg = self.cfg;
+        if batch_len(parts, p) == 0 {
+            return Ok(());
+        }
+        while parts.get(&p).is_some_and(|s| s.committing > 0)
+            || commits.running.len() >= commits.cores
+        {
+            match commits.running.next().await {
+                Some(done) => self.committed(consumer, parts, done?),
+                None => break,
+            }
+        }
+        let Some(state) = parts.get_mut(&p) else {
+            return Ok(());
+        };
         let Some(batch) = state.batch.take() else {
             return Ok(());
         };
@@ -847,7 +887,110 @@ impl Loop<'_> {
             );
             return Ok(());
         };
+        let sealed = state.dedupe.seal();
+        state.committing = batch.messages;
+        let epoch = state.epoch;
+        commits.running.push(Box::pin(self.commit(
+            p,
+            epoch,
+            sealed,
+            batch,
+            Arc::downgrade(&lock),
+        )));
+        Ok(())
+    }
+
+    /// Keep the messages held in memory (open batches and batches committing) within
+    /// `max_buffered_messages`: start committing the largest open batch once the open batches
+    /// hold half of it, so that the next half fills while they commit, and wait for commits
+    /// to finish while everything held reaches it.
+    async fn within_budget<'c>(
+        &'c self,
+        consumer: &StreamConsumer<Ctx>,
+        parts: &mut HashMap<i32, PartitionState>,
+        commits: &mut Commits<'c>,
+    ) -> Result<()> {
+        let budget = self.cfg.max_buffered_messages;
+        loop {
+            let open: usize = parts
+                .values()
+                .filter_map(|s| s.batch.as_ref())
+                .map(|b| b.messages)
+                .sum();
+            let committing: usize = parts.values().map(|s| s.committing).sum();
+            if open + committing >= budget && !commits.running.is_empty() {
+                let done = commits.running.next().await.expect("a commit is running");
+                self.committed(consumer, parts, done?);
+            } else if open > 0 && open >= budget / 2 {
+                // The largest batch, whichever partition it is.
+                let largest = parts
+                    .iter()
+                    .max_by_key(|(q, s)| (s.batch.as_ref().map_or(0, |b| b.messages), **q))
+                    .map(|(q, _)| *q)
+                    .expect("an open batch");
+                self.flush(consumer, parts, commits, largest).await?;
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A batch's commit has finished: apply it to its partition's state (unless the partition
+    /// was revoked meanwhile) and commit the Kafka offset.
+    fn committed(
+        &self,
+        consumer: &StreamConsumer<Ctx>,
+        parts: &mut HashMap<i32, PartitionState>,
+        c: Committed,
+    ) {
+        let Some(state) = parts.get_mut(&c.partition).filter(|s| s.epoch == c.epoch) else {
+            return;
+        };
+        state.committing = 0;
+        if !c.done {
+            return;
+        }
+        state.committed_through = c.last;
+        state.dedupe.committed(c.sealed);
+        // 3. Kafka's offset, for lag tools; the lake is the source of truth.
+        let mut tpl = TopicPartitionList::new();
+        if let Err(e) = tpl
+            .add_partition_offset(&self.cfg.topic, c.partition, Offset::Offset(c.last + 1))
+            .and_then(|()| consumer.commit(&tpl, CommitMode::Async))
+        {
+            warn!(partition = c.partition, error = %e, "Kafka offset commit failed (harmless: the lake holds the position)");
+        }
+    }
+
+    /// Commit one batch of partition `p`: its dead letters, then the lake. `lock` is the
+    /// partition's lock as of the flush; each attempt holds it, and none is made once the
+    /// partition was revoked (the lock is gone then: the next owner replays the batch).
+    async fn commit(
+        &self,
+        p: i32,
+        epoch: u64,
+        sealed: u64,
+        batch: Batch,
+        lock: std::sync::Weak<PartitionLock>,
+    ) -> Result<Committed> {
+        let cfg = self.cfg;
         let t = Instant::now();
+        let (first, last) = (batch.first, batch.last);
+        let mut outcome = Committed {
+            partition: p,
+            epoch,
+            sealed,
+            last,
+            done: false,
+        };
+        let revoked = || {
+            info!(
+                partition = p,
+                first,
+                last,
+                "partition revoked before its batch was committed: the batch is dropped, the next owner replays it"
+            );
+        };
         // 1. Invalid messages are durably in the dead-letter topic before their offsets commit.
         let dlq_count = batch.dlq.len() as u64;
         for (offset, f) in batch.dlq {
@@ -871,12 +1014,15 @@ impl Loop<'_> {
             }
         }
         // 2. The batch into the lake, retried with backoff on I/O errors. Only the holder of
-        //    the partition's lock can commit; it is held until this returns.
+        //    the partition's lock can commit; each attempt holds it until it returns.
         let mut backoff = Duration::from_millis(100);
         let events = Arc::new(batch.events);
-        let (first, last) = (batch.first, batch.last);
         loop {
-            let (lake, ev, lk) = (self.lake.clone(), events.clone(), lock.clone());
+            let Some(lk) = lock.upgrade() else {
+                revoked();
+                return Ok(outcome);
+            };
+            let (lake, ev) = (self.lake.clone(), events.clone());
             let res = tokio::task::spawn_blocking(move || lake.commit(&lk, first, last, &ev))
                 .await
                 .expect("commit task panicked");
@@ -918,8 +1064,12 @@ impl Loop<'_> {
                     warn!(partition = p, first, last, error = %e, retry_in_ms = backoff.as_millis() as u64, "batch commit failed; retrying (nothing is acknowledged until it succeeds)");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let Some(lk) = lock.upgrade() else {
+                        revoked();
+                        return Ok(outcome);
+                    };
                     // A failed attempt may have left an intent or temporary files: recover first.
-                    match self.lake.recover(&lock) {
+                    match self.lake.recover(&lk) {
                         Ok(resume) if resume > last => {
                             // The intent was recorded: rolled forward. Which files it holds
                             // is on disk only: the sink re-lists the lake.
@@ -939,8 +1089,6 @@ impl Loop<'_> {
                 }
             }
         }
-        state.committed_through = last;
-        state.dedupe.committed();
         let m = self.metrics;
         m.committed_events.fetch_add(events.len() as u64, Relaxed);
         m.duplicates.fetch_add(batch.duplicates, Relaxed);
@@ -948,14 +1096,8 @@ impl Loop<'_> {
         m.add_dlq(&batch.dlq_reasons);
         m.batches.fetch_add(1, Relaxed);
         m.observe_flush(t.elapsed());
-        // 3. Kafka's offset, for lag tools; the lake is the source of truth.
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&cfg.topic, p, Offset::Offset(last + 1))
-            .map_err(Error::kafka("building the offset list"))?;
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            warn!(partition = p, error = %e, "Kafka offset commit failed (harmless: the lake holds the position)");
-        }
-        Ok(())
+        outcome.done = true;
+        Ok(outcome)
     }
 }
 

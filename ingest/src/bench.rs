@@ -156,8 +156,9 @@ pub fn pipeline(
         s.fold += fold;
 
         let t = Instant::now();
+        let sealed = index.seal();
         lake.commit(&lock, first, last, &kept)?;
-        index.committed();
+        index.committed(sealed);
         s.encode += t.elapsed().saturating_sub(fold);
         run.committed += kept.len() as u64;
         run.batches += 1;
