@@ -273,3 +273,50 @@ async fn a_crash_between_lake_commit_and_kafka_commit_replays_nothing() {
     .unwrap();
     check_lake(dir.path(), &s.messages);
 }
+
+/// Batches commit beside the consumer loop, and what the loop holds, open and committing,
+/// stays within `max_buffered_messages`: the largest open batch is flushed once the open
+/// batches hold half of it, so no batch is larger than that half. Many small commits, each
+/// running while the next batches fill, still land every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_commit_beside_consumption_within_the_memory_budget() {
+    let s = setup(20_000, 0.0, 13).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s, dir.path());
+    cfg.flush_max_messages = 1_000_000; // never by size: only the budget flushes
+    cfg.flush_interval = Duration::from_secs(3600);
+    cfg.max_buffered_messages = 2_000;
+    let summary = within_limit(run_aggregator(
+        cfg,
+        book(),
+        Arc::new(Metrics::default()),
+        std::future::pending(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(summary.committed_events, 20_000);
+    check_lake(dir.path(), &s.messages);
+    // Batches from the events files' names: {topic}-p{P}-{first:020}-{last:020}.parquet.
+    let mut batches = BTreeSet::new();
+    for date in std::fs::read_dir(dir.path().join("events")).unwrap() {
+        for f in std::fs::read_dir(date.unwrap().path()).unwrap() {
+            let name = f.unwrap().file_name().into_string().unwrap();
+            let stem = name.strip_suffix(".parquet").unwrap();
+            let mut parts = stem.rsplitn(3, '-');
+            let last: i64 = parts.next().unwrap().parse().unwrap();
+            let first: i64 = parts.next().unwrap().parse().unwrap();
+            batches.insert((parts.next().unwrap().to_string(), first, last));
+        }
+    }
+    assert!(
+        batches.len() >= 20,
+        "20,000 messages in batches of at most 1,000 need at least 20 batches, got {}",
+        batches.len()
+    );
+    for (partition, first, last) in &batches {
+        assert!(
+            last - first < 1_000,
+            "batch {partition} {first}..={last} holds more than half the budget of 2,000 messages"
+        );
+    }
+}
