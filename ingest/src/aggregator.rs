@@ -15,7 +15,10 @@
 //! owner that the group has replaced keeps the lock, and the new owner waits for it rather than
 //! writing beside it), recovered in the lake, and the consumer is positioned at the lake's
 //! `committed_through + 1`. Revoked partitions release their lock and drop their uncommitted
-//! buffers and dedupe index: the next owner replays them from the lake's committed offset.
+//! buffers and dedupe index: the next owner replays them from the lake's committed offset. A
+//! batch committing when its partition is revoked holds the lock until that attempt returns
+//! (each attempt takes its own reference) and makes no other; its outcome is not applied to a
+//! later assignment of the partition (`PartitionState::epoch`).
 //!
 //! Gateway retries (same `source` and `id`) are dropped by the partition's
 //! [`DedupeIndex`], loaded per event date from the lake's committed raw events; a retry with
